@@ -85,6 +85,9 @@ def build_parser(prog: str, description: str) -> OneLineParser:
     g.add_argument("--complexity-fraction", type=float, default=D.complexity_fraction,
                    help="fraction of that layer's weights zeroed")
     g.add_argument("--complexity-seed", type=int, default=D.complexity_seed, help="seed of the ablation mask")
+    g.add_argument("--no-snapshots", action="store_true",
+                   help="do not keep the weights of every log point in snapshots/ (about 1.6 MB per "
+                        "member and log point in float64; the HTSR monitor reads them)")
     g.add_argument("--runs-dir", default=D.runs_dir, help="parent folder of run directories")
     g.add_argument("--name", default=None, help="run directory name (default: derived from the config)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -104,7 +107,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         checkpoint_minutes=args.checkpoint_minutes, plot_minutes=args.plot_minutes,
         sparsity_tau=args.sparsity_tau, complexity_layer=args.complexity_layer,
         complexity_fraction=args.complexity_fraction, complexity_seed=args.complexity_seed,
-        runs_dir=args.runs_dir, name=args.name, progress=not args.no_progress)
+        snapshots=not args.no_snapshots, runs_dir=args.runs_dir, name=args.name,
+        progress=not args.no_progress)
 
 
 def run_main(prog: str, description: str, argv: Sequence[str] | None = None) -> int:

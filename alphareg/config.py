@@ -19,7 +19,7 @@ LOSSES = ("mse", "ce")
 #: wrote a checkpoint and the run that resumes it (e.g. extend ``steps``, move CPU -> GPU).
 NON_TRAJECTORY_FIELDS = frozenset(
     {"steps", "device", "checkpoint_minutes", "plot_minutes", "data_dir", "runs_dir", "name",
-     "progress", "log_per_decade"}
+     "progress", "log_per_decade", "snapshots"}
 )
 
 
@@ -58,6 +58,7 @@ class RunConfig:
     complexity_layer: int = 1       # layer (1-based) whose weights are ablated for circuit complexity
     complexity_fraction: float = 0.1  # fraction of that layer's weights zeroed
     complexity_seed: int = 0        # seed of the ablation mask (the same mask at every log point)
+    snapshots: bool = True          # keep every member's weights at every log point (HTSR, ESD plots)
     runs_dir: str = "runs"
     name: str | None = None         # run directory name; derived from the config when None
     progress: bool = True

@@ -198,8 +198,19 @@ class Trainer:
             for s, old in installed.items():
                 signal.signal(s, old)
 
+    def save_snapshot(self) -> None:
+        """Weights and biases of every member at this step (read by the HTSR monitor)."""
+        path = self.run_dir.snapshot_path(self.step)
+        path.parent.mkdir(exist_ok=True)
+        ckpt.save_atomic({"step": self.step, "seeds": list(self.cfg.seeds),
+                          "layers": self.model.layer_names(),
+                          "weights": [w.detach().cpu() for w in self.model.weights],
+                          "biases": [b.detach().cpu() for b in self.model.biases]}, path)
+
     def _log_point(self) -> list[dict]:
         rows = self.evaluate()
+        if self.cfg.snapshots:
+            self.save_snapshot()
         self.run_dir.append_metrics(rows)   # metrics first, then the checkpoint (see truncate)
         self.save_checkpoint()
         return rows

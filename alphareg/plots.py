@@ -58,7 +58,7 @@ def plot_accuracy(df: pd.DataFrame, path: Path, title: str = "") -> None:
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     ax.set_title(title or "Figure 1: train / test accuracy")
     _save(fig, path)
 

@@ -5,6 +5,7 @@
     checkpoint.pt    the latest checkpoint (atomic), resumed automatically
     summary.json     peak / final accuracies per member, wall time, steps/s
     plots/           fig1_accuracy.png, fig5_progress_measures.png
+    snapshots/       step_000001000.pt: every member's weights and biases at each log point
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ METRICS = "metrics.csv"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 PLOTS = "plots"
+SNAPSHOTS = "snapshots"
 
 
 def git_commit() -> str:
@@ -99,6 +101,7 @@ class RunDir:
             for name in (CHECKPOINT, METRICS, SUMMARY, CONFIG):
                 (self.path / name).unlink(missing_ok=True)
             shutil.rmtree(self.path / PLOTS, ignore_errors=True)
+            shutil.rmtree(self.path / SNAPSHOTS, ignore_errors=True)
         try:
             (self.path / PLOTS).mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -106,6 +109,15 @@ class RunDir:
         if not (self.path / CONFIG).is_file():
             write_json_atomic(self.path / CONFIG, {"config": self.cfg.to_dict(), "data": data_info,
                                                     "provenance": provenance()})
+
+    def snapshot_path(self, step: int) -> Path:
+        return self.path / SNAPSHOTS / f"step_{step:09d}.pt"
+
+    def snapshot_steps(self) -> list[int]:
+        folder = self.path / SNAPSHOTS
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.stem[5:]) for p in folder.glob("step_*.pt"))
 
     # ------------------------------------------------------------------ metrics table
     def append_metrics(self, rows: Iterable[dict]) -> None:

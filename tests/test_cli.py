@@ -81,6 +81,10 @@ def test_short_run_writes_everything_and_kill9_resume_is_bitwise_identical(tmp_p
     for f in ["config.json", "metrics.csv", "checkpoint.pt", "summary.json",
               "plots/fig1_accuracy.png", "plots/fig5_progress_measures.png"]:
         assert (run / f).is_file(), f
+    snap = torch.load(run / "snapshots" / "step_000000150.pt", weights_only=False)
+    final = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert torch.equal(snap["weights"][0], final["model"]["weights.0"])
+    assert len(list((run / "snapshots").glob("step_*.pt"))) == 16   # one per log point
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["config"]["lr"] == [0.0005] and cfg["config"]["seeds"] == [0, 1]
     assert cfg["data"]["source"] and cfg["provenance"]["git_commit"]
