@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from typing import Callable, Sequence
 
 from .checkpoint import CheckpointError
@@ -127,15 +128,19 @@ def run_main(prog: str, description: str, argv: Sequence[str] | None = None) -> 
         run_dir.check(resume=args.resume, restart=args.restart)
         data = paper_data(cfg.n_per_class, cfg.data_seed, getattr(torch, cfg.dtype), device, cfg.data_dir)
         trainer = Trainer(cfg, run_dir, data)
-        run_dir.create(data[2], restart=args.restart)
-        resumed = trainer.resume_if_possible()
+        with ExitStack() as stack:   # hold the lock from before the first write to the end
+            stack.enter_context(run_dir.lock())
+            run_dir.create(data[2], restart=args.restart)
+            resumed = trainer.resume_if_possible()
+            lock = stack.pop_all()
     except (ConfigError, DataNotFoundError, CheckpointError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     print(f"{prog}: run directory {run_dir.path} ({'resumed at step ' + str(trainer.step) if resumed else 'new run'}; "
           f"K={cfg.K}, {cfg.dtype}, {device}, data {data[2]['source']})", file=sys.stderr)
     try:
-        summary = trainer.run()
+        with lock:
+            summary = trainer.run()
     except Interrupted as e:
         print(f"{prog}: interrupted at step {e.step}; checkpoint saved in {run_dir.path}. "
               "Re-run the same command to resume.", file=sys.stderr)

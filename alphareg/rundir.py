@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import platform
@@ -17,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
@@ -109,6 +111,33 @@ class RunDir:
         if not (self.path / CONFIG).is_file():
             write_json_atomic(self.path / CONFIG, {"config": self.cfg.to_dict(), "data": data_info,
                                                     "provenance": provenance()})
+
+    @contextmanager
+    def lock(self):
+        """Exclusive lock on the run directory for the life of a training process, so two
+        processes never write the same run (the second gets a ConfigError naming the first)."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            f = open(self.path / ".lock", "a+")
+        except OSError as e:
+            raise ConfigError(f"--runs-dir {self.cfg.runs_dir} is not writable ({e.strerror})") from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise ConfigError(f"{self.path} is in use by another process (pid {holder}); wait for "
+                              "it to finish or stop it, or pass --name NEW") from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            f.close()
 
     def snapshot_path(self, step: int) -> Path:
         return self.path / SNAPSHOTS / f"step_{step:09d}.pt"

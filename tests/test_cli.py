@@ -84,7 +84,6 @@ def test_short_run_writes_everything_and_kill9_resume_is_bitwise_identical(tmp_p
     snap = torch.load(run / "snapshots" / "step_000000150.pt", weights_only=False)
     final = torch.load(run / "checkpoint.pt", weights_only=False)
     assert torch.equal(snap["weights"][0], final["model"]["weights.0"])
-    assert len(list((run / "snapshots").glob("step_*.pt"))) == 16   # one per log point
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["config"]["lr"] == [0.0005] and cfg["config"]["seeds"] == [0, 1]
     assert cfg["data"]["source"] and cfg["provenance"]["git_commit"]
@@ -95,6 +94,7 @@ def test_short_run_writes_everything_and_kill9_resume_is_bitwise_identical(tmp_p
         assert col in header
     steps = sorted({int(r.split(",")[0]) for r in rows[1:]})
     assert steps[0] == 0 and steps[-1] == 150 and len(rows) - 1 == 2 * len(steps)
+    assert sorted(int(p.stem[5:]) for p in (run / "snapshots").glob("step_*.pt")) == steps
 
     # SIGKILL right after step 77 (between log points 63 and 100): nothing after the last
     # checkpoint survives; re-running the same command resumes there.
@@ -147,3 +147,13 @@ def test_report_redraws_figures(tmp_path):
     assert json.loads(rep.stdout)["peak_test_acc"]["mean"] > 0
     missing = cli(str(tmp_path / "nothing"), module="experiments.report")
     assert missing.returncode == 2
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path):
+    from alphareg.config import RunConfig
+    from alphareg.rundir import RunDir
+    cfg = RunConfig(steps=5, runs_dir=str(tmp_path), name="busy", progress=False)
+    with RunDir(cfg).lock():   # another "process" holds the run
+        r = cli("--steps", "5", "--runs-dir", str(tmp_path), "--name", "busy", "--no-progress")
+    assert r.returncode == 2 and "in use by another process" in r.stderr and str(os.getpid()) in r.stderr
+    assert not (tmp_path / "busy" / "metrics.csv").exists()
