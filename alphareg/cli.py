@@ -89,6 +89,15 @@ def build_parser(prog: str, description: str) -> OneLineParser:
     g.add_argument("--no-snapshots", action="store_true",
                    help="do not keep the weights of every log point in snapshots/ (about 1.6 MB per "
                         "member and log point in float64; the HTSR monitor reads them)")
+    g = p.add_argument_group("HTSR monitor (alphareg.htsr on every snapshot, in a background process)")
+    g.add_argument("--no-htsr", action="store_true", help="switch the HTSR monitor off")
+    g.add_argument("--htsr-shuffles", type=int, default=D.htsr_shuffles,
+                   help="seeded element-wise shuffles per layer for the correlation-trap count (mean +- sd)")
+    g.add_argument("--htsr-seed", type=int, default=D.htsr_seed, help="seed of those shuffles")
+    g.add_argument("--ww-per-decade", type=int, default=D.ww_per_decade,
+                   help="weightwatcher reference columns (its own analyze()) this many times per decade; 0 = never")
+    g.add_argument("--esd-per-decade", type=int, default=D.esd_per_decade,
+                   help="ESD figures (paper Figures 2 and 3) this many times per decade and at the last step; 0 = never")
     g.add_argument("--runs-dir", default=D.runs_dir, help="parent folder of run directories")
     g.add_argument("--name", default=None, help="run directory name (default: derived from the config)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -108,7 +117,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         checkpoint_minutes=args.checkpoint_minutes, plot_minutes=args.plot_minutes,
         sparsity_tau=args.sparsity_tau, complexity_layer=args.complexity_layer,
         complexity_fraction=args.complexity_fraction, complexity_seed=args.complexity_seed,
-        snapshots=not args.no_snapshots, runs_dir=args.runs_dir, name=args.name,
+        snapshots=not args.no_snapshots, htsr=not args.no_htsr, htsr_shuffles=args.htsr_shuffles,
+        htsr_seed=args.htsr_seed, ww_per_decade=args.ww_per_decade, esd_per_decade=args.esd_per_decade,
+        runs_dir=args.runs_dir, name=args.name,
         progress=not args.no_progress)
 
 
@@ -146,6 +157,10 @@ def run_main(prog: str, description: str, argv: Sequence[str] | None = None) -> 
               "Re-run the same command to resume.", file=sys.stderr)
         return 130
     brief = {k: summary[k] for k in ("step", "peak_test_acc", "final_test_acc", "final_train_acc",
+                                      "collapsed_members", "warned_members", "warning_lead_time",
                                       "wall_time_s", "member_steps_per_s") if k in summary}
     print(json.dumps(brief, indent=1))
+    for err in summary.get("monitor_errors", []):
+        print(f"{prog}: warning: the HTSR monitor failed on a snapshot ({err}); rerun "
+              f"python -m experiments.report {run_dir.path} to retry", file=sys.stderr)
     return 0

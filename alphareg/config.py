@@ -19,7 +19,8 @@ LOSSES = ("mse", "ce")
 #: wrote a checkpoint and the run that resumes it (e.g. extend ``steps``, move CPU -> GPU).
 NON_TRAJECTORY_FIELDS = frozenset(
     {"steps", "device", "checkpoint_minutes", "plot_minutes", "data_dir", "runs_dir", "name",
-     "progress", "log_per_decade", "snapshots"}
+     "progress", "log_per_decade", "snapshots", "htsr", "htsr_shuffles", "htsr_seed",
+     "ww_per_decade", "esd_per_decade"}
 )
 
 
@@ -59,6 +60,11 @@ class RunConfig:
     complexity_fraction: float = 0.1  # fraction of that layer's weights zeroed
     complexity_seed: int = 0        # seed of the ablation mask (the same mask at every log point)
     snapshots: bool = True          # keep every member's weights at every log point (HTSR, ESD plots)
+    htsr: bool = True               # HTSR monitor on the snapshots (background process)
+    htsr_shuffles: int = 5          # seeded element-wise shuffles per layer for correlation traps
+    htsr_seed: int = 0              # seed of those shuffles
+    ww_per_decade: int = 5          # weightwatcher reference columns this many times per decade (0 = never)
+    esd_per_decade: int = 1         # ESD figures (paper Figures 2, 3) this many times per decade + last step
     runs_dir: str = "runs"
     name: str | None = None         # run directory name; derived from the config when None
     progress: bool = True
@@ -165,6 +171,12 @@ class RunConfig:
         if not 0 < self.complexity_fraction < 1:
             raise ConfigError(f"--complexity-fraction {self.complexity_fraction:g} is not allowed; "
                               "must be in (0, 1)")
+        _positive_int("--htsr-shuffles", self.htsr_shuffles)
+        for flag, v in (("--ww-per-decade", self.ww_per_decade), ("--esd-per-decade", self.esd_per_decade)):
+            if not (isinstance(v, int) and v >= 0):
+                raise ConfigError(f"{flag} {v} is not allowed; must be an integer >= 0 (0 = never)")
+        if self.htsr and not self.snapshots:
+            raise ConfigError("--no-snapshots needs --no-htsr: the HTSR monitor reads the snapshots")
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9._=+-]+", self.name):
             raise ConfigError(f"--name {self.name!r} is not allowed; use letters, digits and . _ - + =")
         return self

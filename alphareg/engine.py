@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -177,6 +178,7 @@ class Trainer:
         path = self.run_dir / CHECKPOINT
         self.load_state_dict(ckpt.load(path), source=str(path))
         self.run_dir.truncate_metrics(self.step)
+        self.run_dir.drop_after(self.step)
         return True
 
     # ------------------------------------------------------------------ the run loop
@@ -207,12 +209,14 @@ class Trainer:
                           "weights": [w.detach().cpu() for w in self.model.weights],
                           "biases": [b.detach().cpu() for b in self.model.biases]}, path)
 
-    def _log_point(self) -> list[dict]:
+    def _log_point(self, monitor=None) -> list[dict]:
         rows = self.evaluate()
         if self.cfg.snapshots:
             self.save_snapshot()
         self.run_dir.append_metrics(rows)   # metrics first, then the checkpoint (see truncate)
         self.save_checkpoint()
+        if monitor is not None:
+            monitor.submit(self.step)
         return rows
 
     def run(self, until: int | None = None) -> dict:
@@ -229,13 +233,14 @@ class Trainer:
         kill_at = int(os.environ.get(KILL_ENV, "-1"))
         points = [p for p in log_points(cfg.steps, cfg.log_per_decade) if p > self.step and p <= target]
         last_ckpt = last_plot = time.monotonic()
-        t0 = time.perf_counter()
+        monitor = self._start_monitor()
         if self.step == 0 and not self.run_dir.read_metrics():
-            rows = self._log_point()
+            rows = self._log_point(monitor)
         else:
             rows = [r for r in self.run_dir.read_metrics() if int(r["step"]) == self.step]
         bar = ProgressBar(target, self.step, cfg.run_name(), enabled=cfg.progress)
         bar.show_metrics(rows)
+        finished = False
         try:
             with self._catch_signals():
                 for p in points:
@@ -253,23 +258,41 @@ class Trainer:
                             self.save_checkpoint()
                             last_ckpt = time.monotonic()
                     t = time.perf_counter()
-                    rows = self._log_point()
+                    rows = self._log_point(monitor)
                     self.wall_time += time.perf_counter() - t
                     last_ckpt = time.monotonic()
                     bar.show_metrics(rows)
                     if time.monotonic() - last_plot >= 60 * cfg.plot_minutes:
                         plot_run(self.run_dir.path)
                         last_plot = time.monotonic()
+            finished = True
         finally:
             bar.close()
-            plot_run(self.run_dir.path)
-        summary = self.summary(time.perf_counter() - t0)
-        write_json_atomic(self.run_dir / SUMMARY, summary)
-        return summary
+            if monitor is not None:
+                if finished and monitor.backlog():
+                    print(f"waiting for the HTSR monitor ({monitor.backlog()} snapshots queued) ...",
+                          file=sys.stderr)
+                monitor.close(wait=finished)   # on interruption the queue is dropped: its
+                # snapshots stay on disk and are analysed when the run resumes
+                self.monitor_errors = monitor.errors
+            if not finished:
+                plot_run(self.run_dir.path)
+        write_json_atomic(self.run_dir / SUMMARY, self.summary())
+        from .report import finalize_run
+        return finalize_run(self.run_dir.path)
 
-    def summary(self, session_seconds: float) -> dict:
-        from .report import summarize_metrics
-        out = summarize_metrics(self.run_dir.read_metrics())
+    def _start_monitor(self):
+        if not self.cfg.htsr:
+            return None
+        from .monitor import HTSRMonitor, ww_steps
+        monitor = HTSRMonitor(self.run_dir, self.cfg.htsr_shuffles, self.cfg.htsr_seed,
+                              ww_steps(self.cfg.steps, self.cfg.ww_per_decade))
+        monitor.catch_up()
+        return monitor
+
+    def summary(self) -> dict:
+        """Training figures for summary.json (``report.finalize_run`` adds accuracies, phases)."""
+        out = {"monitor_errors": getattr(self, "monitor_errors", [])}
         out.update({"step": self.step, "steps_target": self.cfg.steps, "K": self.model.K,
                     "device": str(self.device), "dtype": self.cfg.dtype,
                     "wall_time_s": round(self.wall_time, 2),

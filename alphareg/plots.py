@@ -19,10 +19,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .monitor import HTSR  # noqa: E402
 from .rundir import METRICS, PLOTS  # noqa: E402
 
 FIG1 = "fig1_accuracy.png"
 FIG5 = "fig5_progress_measures.png"
+FIG4 = "fig4_alpha.png"
+PHASE_COLORS = {"pre-grokking": "#dddddd", "grokking": "#c8e6c9", "anti-grokking": "#ffcdd2"}
 
 
 def _x(steps: pd.Series) -> np.ndarray:
@@ -90,8 +93,48 @@ def plot_progress_measures(df: pd.DataFrame, path: Path, title: str = "") -> Non
     _save(fig, path)
 
 
-def plot_run(run_path: str | os.PathLike) -> list[Path]:
-    """(Re)draw both figures of a run directory; returns their paths (none without metrics)."""
+def _shade_phases(ax, phases, member: int = 0) -> None:
+    """Background bands of member ``member``'s phase labels (grey / green / red)."""
+    mp = next((p for p in phases or [] if p.member == member), None)
+    if mp is None:
+        return
+    steps = sorted(mp.labels)
+    for a, b in zip(steps, steps[1:] + [steps[-1]]):
+        ax.axvspan(max(a, 0.5), max(b, 0.5), color=PHASE_COLORS[mp.labels[a]], lw=0, zorder=0)
+
+
+def plot_alpha(htsr: pd.DataFrame, metrics: pd.DataFrame, path: Path, phases=None, title: str = "") -> None:
+    """Paper A Figure 4: layer-averaged alpha and per-layer alpha vs log steps, alpha = 2 line,
+    test accuracy on the right axis, phases of member 0 shaded."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    _shade_phases(ax, phases)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    d = htsr.copy()
+    avg = d.groupby(["step", "member"], as_index=False)["alpha"].mean()
+    avg["alpha_mean"] = avg["alpha"]
+    _lines(ax, avg, "alpha_mean", "mean alpha", "black")
+    for i, layer in enumerate(sorted(d["layer"].unique())):
+        dl = d[d["layer"] == layer].sort_values("step")
+        _lines(ax, dl, "alpha", f"alpha {layer}", colors[i % len(colors)], "-")
+    ax.axhline(2.0, color="k", ls=":", lw=1.2, label="alpha = 2")
+    ax.set_xscale("log")
+    ax.set_xlabel("steps")
+    ax.set_ylabel("HTSR alpha")
+    ax.grid(alpha=0.3, which="both")
+    ax2 = ax.twinx()
+    _lines(ax2, metrics, "test_acc", "test acc", "tab:red", "--")
+    ax2.set_ylabel("test accuracy", color="tab:red")
+    ax2.set_ylim(0, 1.02)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="best")
+    ax.set_title(title or "Figure 4: alpha per layer (phases of member 0 shaded)")
+    _save(fig, path)
+
+
+def plot_run(run_path: str | os.PathLike, phases=None) -> list[Path]:
+    """(Re)draw the figures of a run directory; returns their paths (none without metrics).
+    Figure 4 needs ``htsr.csv``; ``phases`` (from ``alphareg.phases``) shade its background."""
     run_path = Path(run_path)
     metrics = run_path / METRICS
     if not metrics.is_file():
@@ -103,4 +146,11 @@ def plot_run(run_path: str | os.PathLike) -> list[Path]:
     out.mkdir(exist_ok=True)
     plot_accuracy(df, out / FIG1, f"{run_path.name}: accuracy (Figure 1)")
     plot_progress_measures(df, out / FIG5, f"{run_path.name}: progress measures (Figure 5)")
-    return [out / FIG1, out / FIG5]
+    made = [out / FIG1, out / FIG5]
+    htsr_path = run_path / HTSR
+    if htsr_path.is_file():
+        h = pd.read_csv(htsr_path)
+        if not h.empty:
+            plot_alpha(h, df, out / FIG4, phases, f"{run_path.name}: alpha (Figure 4)")
+            made.append(out / FIG4)
+    return made

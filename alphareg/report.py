@@ -1,6 +1,8 @@
 """Summaries of a run directory's metrics table (per member and mean +- sd over members)."""
 from __future__ import annotations
 
+import dataclasses
+import math
 import statistics
 from collections import defaultdict
 
@@ -30,3 +32,122 @@ def summarize_metrics(rows: list[dict]) -> dict:
             out[key] = {"mean": statistics.fmean(vals),
                         "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0}
     return out
+
+
+# ---------------------------------------------------------------------------- phases, tables
+PHASE_POINTS = ("pre-grokking edge", "grokking peak", "end")
+
+
+def phase_points(mp) -> dict[str, int]:
+    """Steps at which paper A's tables read the spectra of one member (``MemberPhases``):
+    the last pre-grokking step, the test-accuracy peak, and the last logged step."""
+    from .phases import PRE
+    pre = [s for s, lab in mp.labels.items() if lab == PRE]
+    return {"pre-grokking edge": max(pre) if pre else min(mp.labels),
+            "grokking peak": mp.peak_step, "end": max(mp.labels)}
+
+
+def _nearest_row(rows: list[dict], step: int) -> list[dict]:
+    """HTSR rows of the latest analysed step <= ``step``."""
+    steps = sorted({int(r["step"]) for r in rows if int(r["step"]) <= step})
+    if not steps:
+        return []
+    return [r for r in rows if int(r["step"]) == steps[-1]]
+
+
+def _mean_sd(vals: list[float]) -> str:
+    vals = [v for v in vals if v == v]
+    if not vals:
+        return "—"
+    if len(vals) == 1:
+        return f"{vals[0]:.3g}"
+    return f"{statistics.fmean(vals):.3g} ± {statistics.stdev(vals):.2g}"
+
+
+def htsr_tables(htsr_rows: list[dict], phases: list) -> str:
+    """Markdown tables in the layout of paper A Tables 1, 2 and 4: per layer, mean ± sd over
+    members of alpha, correlation traps, and the KS statistic / p-value, at the phase points."""
+    layers = sorted({r["layer"] for r in htsr_rows})
+    cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for mp in phases:
+        mine = [r for r in htsr_rows if int(r["member"]) == mp.member]
+        for name, step in phase_points(mp).items():
+            for r in _nearest_row(mine, step):
+                for col in ("alpha", "traps_mean", "ks_stat", "ks_pvalue"):
+                    v = r.get(col, "")
+                    cells[(col, r["layer"], name)].append(float(v) if v not in ("", None) else math.nan)
+    out = []
+    for title, col in (("Table 1 — HTSR alpha", "alpha"), ("Table 2 — correlation traps (mean over shuffles)", "traps_mean"),
+                       ("Table 4a — KS statistic, shuffled ESD vs fitted MP", "ks_stat"),
+                       ("Table 4b — KS p-value", "ks_pvalue")):
+        out.append(f"### {title} (mean ± sd over {len(phases)} member(s))\n")
+        out.append("| layer | " + " | ".join(PHASE_POINTS) + " |")
+        out.append("|---" * (len(PHASE_POINTS) + 1) + "|")
+        for layer in layers:
+            out.append(f"| {layer} | " + " | ".join(_mean_sd(cells[(col, layer, p)]) for p in PHASE_POINTS) + " |")
+        out.append("")
+    pts = "; ".join(f"member {mp.member}: " + ", ".join(f"{k} {v}" for k, v in phase_points(mp).items())
+                    for mp in phases)
+    out.append(f"Steps read (the latest analysed step at or before each): {pts}.\n")
+    return "\n".join(out)
+
+
+def phase_summary(phases: list) -> dict:
+    """Collapse / warning figures of every member plus their means, for summary.json."""
+    members = [mp.brief() for mp in phases]
+    leads = [m["lead_time"] for m in members if m["lead_time"] is not None]
+    return {"phases": members,
+            "collapsed_members": sum(m["collapsed"] for m in members),
+            "warned_members": sum(m["warning_step"] is not None for m in members),
+            "warning_lead_time": {"mean": statistics.fmean(leads), "values": leads} if leads else None}
+
+
+def finalize_run(run_path, rules=None, wait_label: str = "") -> dict:
+    """Bring a run directory's derived outputs up to date: HTSR rows for every snapshot
+    (analysed here, in this process, if missing), phase labels and early warning, Tables 1/2/4
+    (``tables.md``), ``summary.json`` (merged with what training wrote) and all figures."""
+    import json
+    from pathlib import Path
+
+    from .monitor import HTSRTable
+    from .phases import PhaseRules, analyse_run
+    from .plots import plot_run
+    from .rundir import SUMMARY, read_metrics, write_json_atomic
+
+    run_path = Path(run_path)
+    rules = rules or PhaseRules()
+    metrics = read_metrics(run_path)
+    htsr_rows = HTSRTable(run_path).read()
+    phases = analyse_run(metrics, htsr_rows, rules)
+    labels = {(mp.member, s): lab for mp in phases for s, lab in mp.labels.items()}
+    summary_path = run_path / SUMMARY
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary.update(summarize_metrics(metrics))
+    summary.update(phase_summary(phases))
+    summary["phase_rules"] = dataclasses.asdict(rules)
+    write_json_atomic(summary_path, summary)
+    with open(run_path / "phases.csv", "w") as f:
+        f.write("step,member,phase\n")
+        f.writelines(f"{s},{k},{lab}\n" for (k, s), lab in sorted(labels.items(), key=lambda t: (t[0][1], t[0][0])))
+    if htsr_rows:
+        (run_path / "tables.md").write_text(htsr_tables(htsr_rows, phases))
+    plot_run(run_path, phases=phases)
+    _esd_figures(run_path)
+    return summary
+
+
+def _esd_figures(run_path) -> None:
+    """Figures 2 and 3 at the configured steps (snapshots needed; existing files kept)."""
+    import json
+
+    from .config import RunConfig
+    from .esd_plots import esd_steps, plot_esd_snapshot
+    from .rundir import CONFIG, SNAPSHOTS
+
+    cfg_file = run_path / CONFIG
+    if not cfg_file.is_file():
+        return
+    cfg = RunConfig.from_dict(json.loads(cfg_file.read_text())["config"])
+    snaps = sorted(int(p.stem[5:]) for p in (run_path / SNAPSHOTS).glob("step_*.pt"))
+    for step in esd_steps(snaps, cfg.steps, cfg.esd_per_decade):
+        plot_esd_snapshot(run_path, run_path / SNAPSHOTS / f"step_{step:09d}.pt", cfg.htsr_seed)

@@ -142,6 +142,14 @@ class RunDir:
     def snapshot_path(self, step: int) -> Path:
         return self.path / SNAPSHOTS / f"step_{step:09d}.pt"
 
+    def drop_after(self, last_step: int) -> None:
+        """Forget derived files of steps after ``last_step`` (a resume replays those steps)."""
+        from .monitor import HTSRTable
+        for s in self.snapshot_steps():
+            if s > last_step:
+                self.snapshot_path(s).unlink(missing_ok=True)
+        HTSRTable(self.path).truncate(last_step)
+
     def snapshot_steps(self) -> list[int]:
         folder = self.path / SNAPSHOTS
         if not folder.is_dir():

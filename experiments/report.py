@@ -1,18 +1,60 @@
-"""Redraw a run's figures and print its summary: ``python -m experiments.report RUN [RUN ...]``."""
+"""Bring run directories up to date and summarise them:
+
+    python -m experiments.report RUN [RUN ...] [phase-rule flags]
+
+For each run: analyse every weight snapshot the HTSR monitor has not analysed yet (a run killed
+with a backlog, or trained with --no-htsr), label the phases, find the early warning and its
+lead time, write Tables 1/2/4 (``tables.md``), ``phases.csv``, ``summary.json`` and every figure
+(Figures 1, 4, 5; ESD Figures 2 and 3 at the chosen steps), then print the summary.
+"""
 import argparse
 import json
 import sys
 from pathlib import Path
 
-from alphareg.plots import plot_run
-from alphareg.report import summarize_metrics
-from alphareg.rundir import METRICS, read_metrics
+from tqdm import tqdm
+
+from alphareg.config import RunConfig
+from alphareg.monitor import HTSRMonitor, ww_steps
+from alphareg.phases import PhaseRules
+from alphareg.report import finalize_run
+from alphareg.rundir import CONFIG, METRICS, RunDir
+
+
+def catch_up_htsr(path: Path, progress: bool = True) -> int:
+    """Analyse (in this process) the snapshots of ``path`` that have no HTSR rows yet."""
+    cfg = RunConfig.from_dict(json.loads((path / CONFIG).read_text())["config"])
+    cfg.runs_dir, cfg.name = str(path.parent), path.name
+    monitor = HTSRMonitor(RunDir(cfg), cfg.htsr_shuffles, cfg.htsr_seed,
+                          ww_steps(cfg.steps, cfg.ww_per_decade), background=False)
+    missing = sorted(set(monitor.run_dir.snapshot_steps()) - monitor.table.steps())
+    for step in tqdm(missing, desc=f"HTSR {path.name}", unit="snapshot", disable=not progress or not missing):
+        monitor.submit(step)
+    return len(missing)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="experiments.report", description=__doc__)
+    d = PhaseRules()
+    p = argparse.ArgumentParser(prog="experiments.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run directories (runs/<name>)")
+    p.add_argument("--onset-fraction", type=float, default=d.onset_fraction,
+                   help="grokking starts when test acc has risen this fraction of the way to its peak")
+    p.add_argument("--collapse-drop", type=float, default=d.collapse_drop,
+                   help="anti-grokking starts when test acc is this far below its peak (absolute)")
+    p.add_argument("--alpha-threshold", type=float, default=d.alpha_threshold,
+                   help="early warning when a layer's alpha falls below this")
+    p.add_argument("--trap-threshold", type=float, default=d.trap_threshold,
+                   help="early warning when a layer's mean trap count reaches this")
+    p.add_argument("--min-train-acc", type=float, default=d.min_train_acc,
+                   help="the warning is only armed once train accuracy reaches this")
+    p.add_argument("--persist", type=int, default=d.persist,
+                   help="the signal must hold for this many consecutive HTSR log points")
+    p.add_argument("--no-htsr", action="store_true", help="do not analyse missing snapshots")
+    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    rules = PhaseRules(args.onset_fraction, args.collapse_drop, args.alpha_threshold,
+                       args.trap_threshold, args.min_train_acc, args.persist)
     code = 0
     for run in args.runs:
         path = Path(run)
@@ -21,10 +63,14 @@ def main(argv=None) -> int:
                   "such as runs/<name>", file=sys.stderr)
             code = 2
             continue
-        figs = plot_run(path)
-        summary = summarize_metrics(read_metrics(path))
-        print(json.dumps({"run": str(path), "figures": [str(f) for f in figs],
-                          **{k: v for k, v in summary.items() if k != "members"}}, indent=1))
+        analysed = 0
+        if not args.no_htsr and (path / CONFIG).is_file():
+            analysed = catch_up_htsr(path, progress=not args.no_progress)
+        summary = finalize_run(path, rules)
+        brief = {k: v for k, v in summary.items() if k not in ("members", "phases", "phase_rules")}
+        print(json.dumps({"run": str(path), "snapshots_analysed_now": analysed, **brief}, indent=1))
+        if (path / "tables.md").is_file():
+            print((path / "tables.md").read_text())
     return code
 
 

@@ -71,7 +71,8 @@ def test_unwritable_runs_dir(tmp_path):
 
 def _run_args(tmp_path, name, steps=150):
     return ["--steps", str(steps), "--seeds", "0,1", "--log-per-decade", "10", "--runs-dir",
-            str(tmp_path), "--name", name, "--no-progress", "--plot-minutes", "1000"]
+            str(tmp_path), "--name", name, "--no-progress", "--plot-minutes", "1000",
+            "--ww-per-decade", "0", "--esd-per-decade", "0"]
 
 
 def test_short_run_writes_everything_and_kill9_resume_is_bitwise_identical(tmp_path):
@@ -116,6 +117,17 @@ def test_short_run_writes_everything_and_kill9_resume_is_bitwise_identical(tmp_p
     assert strip_time((run / "metrics.csv").read_text()) == \
         strip_time((tmp_path / "cut" / "metrics.csv").read_text())
 
+    # the HTSR monitor analysed every snapshot of both runs (the killed run's backlog was
+    # caught up on resume), with identical, seeded results
+    def htsr_rows(path):
+        lines = (path / "htsr.csv").read_text().splitlines()
+        return lines[0], sorted(lines[1:])
+    head_a, rows_a = htsr_rows(run)
+    head_b, rows_b = htsr_rows(tmp_path / "cut")
+    assert head_a == head_b and "alpha" in head_a and "traps_mean" in head_a and "ks_pvalue" in head_a
+    assert rows_a == rows_b and len(rows_a) == len(steps) * 2 * 3
+    assert (run / "plots" / "fig4_alpha.png").is_file() and (run / "tables.md").is_file()
+
     # the same command once more: nothing left to do, same result
     again = cli(*_run_args(tmp_path, "cut"))
     assert again.returncode == 0 and "resumed at step 150" in again.stderr
@@ -141,10 +153,13 @@ def test_report_redraws_figures(tmp_path):
     assert r.returncode == 0, r.stderr
     for f in (tmp_path / "rep" / "plots").iterdir():
         f.unlink()
-    rep = cli(str(tmp_path / "rep"), module="experiments.report")
+    rep = cli(str(tmp_path / "rep"), "--no-progress", module="experiments.report")
     assert rep.returncode == 0, rep.stderr
-    assert (tmp_path / "rep" / "plots" / "fig1_accuracy.png").stat().st_size > 10_000
-    assert json.loads(rep.stdout)["peak_test_acc"]["mean"] > 0
+    for fig in ("fig1_accuracy.png", "fig4_alpha.png", "fig5_progress_measures.png"):
+        assert (tmp_path / "rep" / "plots" / fig).stat().st_size > 10_000
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert summary["peak_test_acc"]["mean"] > 0 and len(summary["phases"]) == 2
+    assert "Table 1" in rep.stdout and "| fc1 |" in rep.stdout
     missing = cli(str(tmp_path / "nothing"), module="experiments.report")
     assert missing.returncode == 2
 

@@ -84,7 +84,7 @@ def _params(tr):
 
 def _cfg(tmp_path, name, **kw):
     base = dict(seeds=(0, 1), steps=90, log_per_decade=4, device="cpu", progress=False,
-                runs_dir=str(tmp_path), name=name, plot_minutes=1e6)
+                runs_dir=str(tmp_path), name=name, plot_minutes=1e6, htsr=False, esd_per_decade=0)
     base.update(kw)
     return RunConfig(**base)
 
