@@ -22,7 +22,6 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F

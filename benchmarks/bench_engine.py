@@ -13,11 +13,9 @@ Timings alternate between the contenders and the median of ``--repeats`` is kept
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,7 +23,7 @@ from torch import nn
 from alphareg.config import RunConfig
 from alphareg.data import paper_data
 from alphareg.engine import Trainer
-from alphareg.rundir import provenance
+from benchmarks.common import save_results
 
 
 def plain_loop(train, steps: int, dtype: torch.dtype, seed: int = 0):
@@ -98,11 +96,8 @@ def main(argv=None) -> dict:
               f"{r['ratio_vs_plain']:15.2f}")
     out = {"benchmark": "engine_throughput", "dtype": args.dtype, "steps": args.steps,
            "repeats": args.repeats, "threads": torch.get_num_threads(), "rows": rows,
-           "raw_steps_per_s": rates, "provenance": provenance()}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
-    return out
+           "raw_steps_per_s": rates}
+    return save_results(args.json, out)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,9 @@ the median is reported. ``speed-up`` = weightwatcher time / ours.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -31,7 +29,7 @@ from torch import nn
 
 from alphareg import htsr
 from alphareg.models import PopulationMLP, make_mlp
-from alphareg.rundir import provenance
+from benchmarks.common import save_results
 
 
 def _ww_analyze(model: nn.Module, randomize: bool) -> Callable[[], object]:
@@ -111,13 +109,10 @@ def main(argv=None) -> dict:
         print(f"{r['task']:26s} {r['ours_s']:10.4f} {ww_txt:>18s} {r['speedup']:8.1f}x")
     out = {"benchmark": "htsr_vs_weightwatcher", "repeats": args.repeats, "shuffles": args.shuffles,
            "K": args.K, "threads": torch.get_num_threads(), "rows": rows,
-           "raw_s": {f"{k[0]} | {k[1]}": v for k, v in times.items()}, "provenance": provenance()}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
+           "raw_s": {f"{k[0]} | {k[1]}": v for k, v in times.items()}}
     if limiter is not None:
         limiter.restore_original_limits()
-    return out
+    return save_results(args.json, out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ monitored / unmonitored throughput — the target is >= 0.9.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,8 @@ import torch
 from alphareg.config import RunConfig
 from alphareg.data import paper_data
 from alphareg.engine import Trainer
-from alphareg.rundir import RunDir, provenance
+from alphareg.rundir import RunDir
+from benchmarks.common import save_results
 from benchmarks.bench_engine import plain_loop
 
 
@@ -69,11 +69,8 @@ def main(argv=None) -> dict:
     print(f"throughput ratio monitor on / off: {ratio:.3f}  (target >= 0.9); "
           f"rows analysed: {results['monitor on'].get('htsr_rows')}")
     out = {"benchmark": "monitor_overhead", "steps": args.steps, "K": args.K, "plain_steps_per_s": plain_rate,
-           "results": results, "ratio_on_off": ratio, "provenance": provenance()}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
-    return out
+           "results": results, "ratio_on_off": ratio}
+    return save_results(args.json, out)
 
 
 if __name__ == "__main__":
