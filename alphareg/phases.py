@@ -13,12 +13,20 @@ Steps before the onset are **pre-grokking**, from the onset up to (not including
 exists. (Paper A reports drops of more than 25 points at 10^7 steps; 5 points is far above the
 ~0.5-point sampling noise of a 10k test set, and the threshold is a flag.)
 
-Early warning (data-free: weights only): it fires at the first logged step where, for
-``persist`` consecutive HTSR log points, any monitored layer has alpha < ``alpha_threshold``
-(default 2.0) or a mean correlation-trap count >= ``trap_threshold`` (default 1), counted only
-once training accuracy has reached ``min_train_acc`` (default 0.99: before the data is fitted,
-the spectra are still close to their random initialisation and the signal means nothing).
-Lead time = collapse step - warning step (> 0: the warning came first).
+Early warning (data-free: weights only). Two signals, each armed only once training accuracy
+has reached ``min_train_acc`` (default 0.99: before the data is fitted the spectra are still close
+to their random initialisation and mean nothing), and each required to hold for ``persist``
+consecutive HTSR log points:
+
+* **alpha**: any monitored layer has alpha < ``alpha_threshold`` (default 2.0);
+* **traps**: any monitored layer's mean correlation-trap count has risen by at least
+  ``trap_threshold`` (default 1) above its value at the first armed step. Traps are counted
+  relative to that baseline because a layer whose entries acquire a non-zero mean carries one
+  spike that survives shuffling from early training on (measured: fc1 of the paper MLP shows
+  1 trap from step ~100, long before any collapse); "traps appear" means new ones.
+
+The warning is the earlier of the two; lead time = collapse step - warning step (> 0: the
+warning came first), reported for the combined warning and for each signal.
 """
 from __future__ import annotations
 
@@ -48,9 +56,13 @@ class MemberPhases:
     collapse_step: int | None
     collapsed: bool
     labels: dict[int, str]          # step -> label
-    warning_step: int | None = None
+    warning_step: int | None = None        # the earlier of the two signals
     warning_reason: str | None = None
-    lead_time: int | None = None    # collapse_step - warning_step
+    lead_time: int | None = None           # collapse_step - warning_step
+    alpha_warning_step: int | None = None
+    alpha_lead_time: int | None = None
+    trap_warning_step: int | None = None
+    trap_lead_time: int | None = None
 
     def brief(self) -> dict:
         d = asdict(self)
@@ -83,38 +95,49 @@ def label_member(steps: Sequence[int], test_acc: Sequence[float], rules: PhaseRu
 
 
 def early_warning(htsr_rows: Iterable[dict], train_acc: dict[int, float], rules: PhaseRules
-                  ) -> tuple[int | None, str | None]:
-    """First step where the alpha / trap signal fires (for ``persist`` HTSR log points).
+                  ) -> dict[str, tuple[int | None, str | None]]:
+    """First step where each signal fires: ``{"alpha": (step, reason), "traps": (step, reason)}``.
 
     ``htsr_rows``: one member's rows (step, layer, alpha, traps_mean); ``train_acc``: step ->
     training accuracy of that member.
     """
     by_step: dict[int, list[dict]] = {}
     for r in htsr_rows:
-        by_step.setdefault(int(r["step"]), []).append(r)
-    run, first = 0, None
-    for st in sorted(by_step):
-        if train_acc.get(st, 0.0) < rules.min_train_acc:
-            run, first = 0, None
+        if rules.layers and r["layer"] not in rules.layers:
             continue
-        reasons = []
+        by_step.setdefault(int(r["step"]), []).append(r)
+    armed = [st for st in sorted(by_step) if train_acc.get(st, 0.0) >= rules.min_train_acc]
+    baseline = {r["layer"]: _num(r.get("traps_mean")) or 0.0 for r in by_step[armed[0]]} if armed else {}
+
+    def fire(st: int, kind: str) -> list[str]:
+        out = []
         for r in by_step[st]:
-            if rules.layers and r["layer"] not in rules.layers:
-                continue
-            alpha = _num(r.get("alpha"))
-            traps = _num(r.get("traps_mean"))
-            if alpha is not None and alpha < rules.alpha_threshold:
-                reasons.append(f"alpha({r['layer']})={alpha:.2f}<{rules.alpha_threshold:g}")
-            if traps is not None and traps >= rules.trap_threshold:
-                reasons.append(f"traps({r['layer']})={traps:.1f}")
-        if reasons:
-            run += 1
-            first = first or (st, ", ".join(reasons))
-            if run >= rules.persist:
-                return first
-        else:
-            run, first = 0, None
-    return None, None
+            if kind == "alpha":
+                alpha = _num(r.get("alpha"))
+                if alpha is not None and alpha < rules.alpha_threshold:
+                    out.append(f"alpha({r['layer']})={alpha:.2f}<{rules.alpha_threshold:g}")
+            else:
+                traps = _num(r.get("traps_mean"))
+                base = baseline.get(r["layer"], 0.0)
+                if traps is not None and traps - base >= rules.trap_threshold:
+                    out.append(f"traps({r['layer']})={traps:.1f} (was {base:.1f})")
+        return out
+
+    result = {}
+    for kind in ("alpha", "traps"):
+        run, first = 0, None
+        result[kind] = (None, None)
+        for st in armed:
+            reasons = fire(st, kind)
+            if reasons:
+                run += 1
+                first = first or (st, ", ".join(reasons))
+                if run >= rules.persist:
+                    result[kind] = first
+                    break
+            else:
+                run, first = 0, None
+    return result
 
 
 def _num(v) -> float | None:
@@ -131,9 +154,14 @@ def analyse_run(metrics_rows: list[dict], htsr_rows: list[dict], rules: PhaseRul
         mine = sorted((r for r in metrics_rows if int(r["member"]) == k), key=lambda r: int(r["step"]))
         mp = label_member([int(r["step"]) for r in mine], [float(r["test_acc"]) for r in mine], rules, k)
         train_acc = {int(r["step"]): float(r["train_acc"]) for r in mine}
-        w_step, reason = early_warning((r for r in htsr_rows if int(r["member"]) == k), train_acc, rules)
-        mp.warning_step, mp.warning_reason = w_step, reason
-        if w_step is not None and mp.collapse_step is not None:
-            mp.lead_time = mp.collapse_step - w_step
+        sig = early_warning((r for r in htsr_rows if int(r["member"]) == k), train_acc, rules)
+        mp.alpha_warning_step, mp.trap_warning_step = sig["alpha"][0], sig["traps"][0]
+        fired = [v for v in sig.values() if v[0] is not None]
+        if fired:
+            mp.warning_step, mp.warning_reason = min(fired)
+        if mp.collapse_step is not None:
+            lead = lambda st: None if st is None else mp.collapse_step - st  # noqa: E731
+            mp.lead_time, mp.alpha_lead_time = lead(mp.warning_step), lead(mp.alpha_warning_step)
+            mp.trap_lead_time = lead(mp.trap_warning_step)
         out.append(mp)
     return out

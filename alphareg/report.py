@@ -95,11 +95,16 @@ def htsr_tables(htsr_rows: list[dict], phases: list) -> str:
 def phase_summary(phases: list) -> dict:
     """Collapse / warning figures of every member plus their means, for summary.json."""
     members = [mp.brief() for mp in phases]
-    leads = [m["lead_time"] for m in members if m["lead_time"] is not None]
+
+    def leads(key: str):
+        vals = [m[key] for m in members if m[key] is not None]
+        return {"mean": statistics.fmean(vals), "values": vals} if vals else None
     return {"phases": members,
             "collapsed_members": sum(m["collapsed"] for m in members),
             "warned_members": sum(m["warning_step"] is not None for m in members),
-            "warning_lead_time": {"mean": statistics.fmean(leads), "values": leads} if leads else None}
+            "warning_lead_time": leads("lead_time"),
+            "alpha_warning_lead_time": leads("alpha_lead_time"),
+            "trap_warning_lead_time": leads("trap_lead_time")}
 
 
 def finalize_run(run_path, rules=None, wait_label: str = "") -> dict:

@@ -31,22 +31,36 @@ def _htsr(step, member, alpha_fc1, traps_fc2=0.0):
             {"step": step, "member": member, "layer": "fc2", "alpha": 3.0, "traps_mean": traps_fc2}]
 
 
-def test_warning_needs_fitted_data_and_persistence():
+def test_alpha_warning_needs_fitted_data_and_persistence():
     rows = _htsr(10, 0, 1.5) + _htsr(100, 0, 2.5) + _htsr(1000, 0, 1.9) + _htsr(10000, 0, 1.8)
     train = {10: 0.5, 100: 1.0, 1000: 1.0, 10000: 1.0}
-    step, reason = early_warning(rows, train, PhaseRules())
+    step, reason = early_warning(rows, train, PhaseRules())["alpha"]
     assert step == 1000 and "alpha(fc1)=1.90<2" in reason   # step 10 ignored: data not fitted
-    assert early_warning(rows, train, PhaseRules(persist=2))[0] == 1000
-    assert early_warning(rows, train, PhaseRules(persist=3))[0] is None
-    assert early_warning(rows, train, PhaseRules(layers=("fc2",)))[0] is None
+    assert early_warning(rows, train, PhaseRules(persist=2))["alpha"][0] == 1000
+    assert early_warning(rows, train, PhaseRules(persist=3))["alpha"][0] is None
+    assert early_warning(rows, train, PhaseRules(layers=("fc2",)))["alpha"][0] is None
 
 
-def test_traps_fire_the_warning_and_lead_time_is_collapse_minus_warning():
+def test_trap_warning_counts_new_traps_above_the_armed_baseline():
+    # fc2 carries one trap from the start (a mean-shift spike); it warns only when a second appears
+    rows = [r for s, t in ((10, 1.0), (100, 1.0), (1000, 1.6), (10000, 2.2)) for r in _htsr(s, 0, 3.0, t)]
+    train = {10: 1.0, 100: 1.0, 1000: 1.0, 10000: 1.0}
+    step, reason = early_warning(rows, train, PhaseRules())["traps"]
+    assert step == 10000 and "traps(fc2)=2.2 (was 1.0)" in reason
+    assert early_warning(rows, train, PhaseRules(trap_threshold=0.5))["traps"][0] == 1000
+    assert early_warning(rows, train, PhaseRules())["alpha"] == (None, None)
+
+
+def test_lead_times_of_each_signal_and_the_earliest():
     metrics = [{"step": s, "member": 0, "test_acc": a, "train_acc": 1.0} for s, a in zip(STEPS, ACC)]
-    htsr = [r for s in STEPS for r in _htsr(s, 0, 3.0, traps_fc2=2.0 if s >= 1000 else 0.0)]
+    alpha = {0: 5, 10: 5, 100: 4, 1000: 2.5, 10000: 1.9, 100000: 1.7}
+    traps = {0: 0, 10: 0, 100: 0, 1000: 2.0, 10000: 2.0, 100000: 3.0}
+    htsr = [r for s in STEPS for r in _htsr(s, 0, alpha[s], traps[s])]
     (mp,) = analyse_run(metrics, htsr, PhaseRules())
-    assert mp.warning_step == 1000 and "traps(fc2)" in mp.warning_reason
-    assert mp.lead_time == 10000 - 1000
+    assert mp.collapse_step == 10000
+    assert mp.trap_warning_step == 1000 and mp.trap_lead_time == 9000
+    assert mp.alpha_warning_step == 10000 and mp.alpha_lead_time == 0
+    assert mp.warning_step == 1000 and "traps(fc2)" in mp.warning_reason and mp.lead_time == 9000
 
 
 def test_tables_read_the_phase_points():
