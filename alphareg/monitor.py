@@ -1,8 +1,9 @@
 """HTSR monitor: analyses the weight snapshots of a run off the training loop's critical path.
 
 At every log point the engine writes ``snapshots/step_*.pt`` and hands the path to the monitor,
-which analyses it in a separate, low-priority process (``nice 19``, one torch thread), so the
-training process never waits for it. Per member and layer it computes with ``alphareg.htsr``:
+which analyses it in a separate process that runs only on idle CPU time (Linux ``SCHED_IDLE``,
+else ``nice 19``; one thread), so the training process never waits for it; a backlog is
+drained at the end of the run. Per member and layer it computes with ``alphareg.htsr``:
 alpha, xmin, xmax, D, tail size, correlation traps (mean +- sd over seeded shuffles), the
 MP sigma and the KS statistic / p-value of the shuffled ESD against the fitted MP law; at the
 steps of a sparser log schedule (``ww_per_decade``) it adds weightwatcher's own columns
@@ -81,13 +82,16 @@ def _by_layer(ww_rows: list[dict], weights, names) -> dict[str, dict]:
 
 
 def _init_worker() -> None:
-    """Low priority, one thread for torch and for numpy/scipy's BLAS (oversubscribed BLAS
+    """Lowest priority, one thread for torch and for numpy/scipy's BLAS (oversubscribed BLAS
     threads spinning beside the training process slow an SVD by orders of magnitude)."""
     from threadpoolctl import threadpool_limits
-    try:
-        os.nice(19)
-    except OSError:
-        pass
+    try:   # run only on otherwise idle CPU time (Linux SCHED_IDLE), else at nice 19
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        try:
+            os.nice(19)
+        except OSError:
+            pass
     torch.set_num_threads(1)
     threadpool_limits(1)
     _die_with_parent()
