@@ -149,16 +149,8 @@ class HTSRTable:
         return {int(r["step"]) for r in self.read()}
 
     def truncate(self, last_step: int) -> None:
-        rows = [r for r in self.read() if int(r["step"]) <= last_step]
-        if not self.path.is_file():
-            return
-        fields = self._fields()
-        tmp = self.path.with_name(f".{HTSR}.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, self.path)
+        from .rundir import truncate_csv
+        truncate_csv(self.path, last_step)
 
 
 class HTSRMonitor:

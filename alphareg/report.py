@@ -147,12 +147,11 @@ def _esd_figures(run_path) -> None:
 
     from .config import RunConfig
     from .esd_plots import esd_steps, plot_esd_snapshot
-    from .rundir import CONFIG, SNAPSHOTS
+    from .rundir import CONFIG, snapshot_file, snapshot_steps
 
     cfg_file = run_path / CONFIG
     if not cfg_file.is_file():
         return
     cfg = RunConfig.from_dict(json.loads(cfg_file.read_text())["config"])
-    snaps = sorted(int(p.stem[5:]) for p in (run_path / SNAPSHOTS).glob("step_*.pt"))
-    for step in esd_steps(snaps, cfg.steps, cfg.esd_per_decade):
-        plot_esd_snapshot(run_path, run_path / SNAPSHOTS / f"step_{step:09d}.pt", cfg.htsr_seed)
+    for step in esd_steps(snapshot_steps(run_path), cfg.steps, cfg.esd_per_decade):
+        plot_esd_snapshot(run_path, snapshot_file(run_path, step), cfg.htsr_seed)

@@ -140,7 +140,7 @@ class RunDir:
             f.close()
 
     def snapshot_path(self, step: int) -> Path:
-        return self.path / SNAPSHOTS / f"step_{step:09d}.pt"
+        return snapshot_file(self.path, step)
 
     def drop_after(self, last_step: int) -> None:
         """Forget derived files of steps after ``last_step`` (a resume replays those steps)."""
@@ -151,10 +151,7 @@ class RunDir:
         HTSRTable(self.path).truncate(last_step)
 
     def snapshot_steps(self) -> list[int]:
-        folder = self.path / SNAPSHOTS
-        if not folder.is_dir():
-            return []
-        return sorted(int(p.stem[5:]) for p in folder.glob("step_*.pt"))
+        return snapshot_steps(self.path)
 
     # ------------------------------------------------------------------ metrics table
     def append_metrics(self, rows: Iterable[dict]) -> None:
@@ -174,19 +171,32 @@ class RunDir:
 
     def truncate_metrics(self, last_step: int) -> None:
         """Drop rows logged after ``last_step`` (written after the checkpoint a resume uses)."""
-        path = self.path / METRICS
-        if not path.is_file():
-            return
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            fields = reader.fieldnames
-            keep = [r for r in reader if int(r["step"]) <= last_step]
-        tmp = path.with_name(f".{METRICS}.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(keep)
-        os.replace(tmp, path)
+        truncate_csv(self.path / METRICS, last_step)
+
+
+def truncate_csv(path: Path, last_step: int) -> None:
+    """Rewrite a table with a ``step`` column keeping the rows with step <= last_step (atomic)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames
+        keep = [r for r in reader if int(r["step"]) <= last_step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(keep)
+    os.replace(tmp, path)
+
+
+def snapshot_file(run_path: str | os.PathLike, step: int) -> Path:
+    return Path(run_path) / SNAPSHOTS / f"step_{step:09d}.pt"
+
+
+def snapshot_steps(run_path: str | os.PathLike) -> list[int]:
+    """Steps of the weight snapshots kept in a run directory, ascending."""
+    return sorted(int(p.stem[5:]) for p in (Path(run_path) / SNAPSHOTS).glob("step_*.pt"))
 
 
 def read_metrics(run_path: str | os.PathLike) -> list[dict]:
