@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from alphareg.config import RunConfig
+from alphareg.config import ConfigError, RunConfig
 from alphareg.monitor import HTSRMonitor, ww_steps
 from alphareg.phases import PhaseRules
 from alphareg.report import finalize_run
@@ -25,12 +25,20 @@ def catch_up_htsr(path: Path, progress: bool = True) -> int:
     """Analyse (in this process) the snapshots of ``path`` that have no HTSR rows yet."""
     cfg = RunConfig.from_dict(json.loads((path / CONFIG).read_text())["config"])
     cfg.runs_dir, cfg.name = str(path.parent), path.name
-    monitor = HTSRMonitor(RunDir(cfg), cfg.htsr_shuffles, cfg.htsr_seed,
-                          ww_steps(cfg.steps, cfg.ww_per_decade), background=False)
-    missing = sorted(set(monitor.run_dir.snapshot_steps()) - monitor.table.steps())
-    for step in tqdm(missing, desc=f"HTSR {path.name}", unit="snapshot", disable=not progress or not missing):
-        monitor.submit(step)
-    return len(missing)
+    run_dir = RunDir(cfg)
+    try:
+        with run_dir.lock():
+            monitor = HTSRMonitor(run_dir, cfg.htsr_shuffles, cfg.htsr_seed,
+                                  ww_steps(cfg.steps, cfg.ww_per_decade), background=False)
+            missing = sorted(set(run_dir.snapshot_steps()) - monitor.table.steps())
+            for step in tqdm(missing, desc=f"HTSR {path.name}", unit="snapshot",
+                             disable=not progress or not missing):
+                monitor.submit(step)
+            return len(missing)
+    except ConfigError:   # the lock is held: training goes on and its own monitor owns htsr.csv
+        print(f"experiments.report: {path} is being trained right now; its HTSR rows are left to "
+              "the run's monitor (figures and tables are made from what exists)", file=sys.stderr)
+        return 0
 
 
 def main(argv=None) -> int:

@@ -172,3 +172,17 @@ def test_a_run_directory_in_use_is_refused(tmp_path):
         r = cli("--steps", "5", "--runs-dir", str(tmp_path), "--name", "busy", "--no-progress")
     assert r.returncode == 2 and "in use by another process" in r.stderr and str(os.getpid()) in r.stderr
     assert not (tmp_path / "busy" / "metrics.csv").exists()
+
+
+def test_report_leaves_a_run_in_training_to_its_own_monitor(tmp_path):
+    from alphareg.config import RunConfig
+    from alphareg.rundir import RunDir
+    r = cli(*_run_args(tmp_path, "live", steps=10), "--no-htsr")
+    assert r.returncode == 0, r.stderr
+    cfg = RunConfig(steps=10, seeds=(0, 1), runs_dir=str(tmp_path), name="live")
+    with RunDir(cfg).lock():   # as if the training process were still running
+        rep = cli(str(tmp_path / "live"), "--no-progress", module="experiments.report")
+    assert rep.returncode == 0 and "being trained right now" in rep.stderr
+    assert not (tmp_path / "live" / "htsr.csv").exists()
+    rep = cli(str(tmp_path / "live"), "--no-progress", module="experiments.report")
+    assert rep.returncode == 0 and (tmp_path / "live" / "htsr.csv").is_file()
