@@ -182,9 +182,13 @@ class HTSRMonitor:
         except Exception as e:  # reported at the end of the run, never silently dropped
             self.errors.append(f"{type(e).__name__}: {e}")
 
+    def missing_steps(self) -> list[int]:
+        """Snapshot steps that have no rows in ``htsr.csv`` yet."""
+        return sorted(set(self.run_dir.snapshot_steps()) - self.table.steps())
+
     def catch_up(self) -> list[int]:
         """Submit every snapshot that has no rows yet (after a kill, or a run made without)."""
-        missing = sorted(set(self.run_dir.snapshot_steps()) - self.table.steps())
+        missing = self.missing_steps()
         for s in missing:
             self.submit(s)
         return missing

@@ -30,7 +30,7 @@ def catch_up_htsr(path: Path, progress: bool = True) -> int:
         with run_dir.lock():
             monitor = HTSRMonitor(run_dir, cfg.htsr_shuffles, cfg.htsr_seed,
                                   ww_steps(cfg.steps, cfg.ww_per_decade), background=False)
-            missing = sorted(set(run_dir.snapshot_steps()) - monitor.table.steps())
+            missing = monitor.missing_steps()
             for step in tqdm(missing, desc=f"HTSR {path.name}", unit="snapshot",
                              disable=not progress or not missing):
                 monitor.submit(step)
