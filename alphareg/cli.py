@@ -43,7 +43,68 @@ def _fmt(v) -> str:
     return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, tuple) else str(v)
 
 
-def build_parser(prog: str, description: str) -> OneLineParser:
+def add_method_flags(p: argparse.ArgumentParser, default_method: str) -> None:
+    """Optimizer, validation split, --method and every regulariser / controller / baseline flag."""
+    from .methods import CHOICES
+    from .optim import OPTIMIZERS
+    g = p.add_argument_group("optimizer and validation split")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=D.optimizer,
+                   help="adamw runs on the population stacks; adam/sgd (torch, coupled L2 wd) and "
+                        "torch-optimizer's classes run per member")
+    g.add_argument("--momentum", type=float, default=D.momentum, help="SGD momentum (--optimizer sgd)")
+    g.add_argument("--val-per-class", type=int, default=D.val_per_class,
+                   help="validation images per digit, drawn from MNIST train minus the training "
+                        "sample (never the test set); 0 = no validation split")
+    g = p.add_argument_group("alpha-guided training and baselines (see alphareg.methods)")
+    g.add_argument("--method", default=default_method,
+                   help=f"component or components joined by '+': {', '.join(CHOICES)}")
+    g.add_argument("--target", dest="target_alpha", type=float, default=D.target_alpha,
+                   help="target alpha of the penalty and the anchored controllers")
+    g.add_argument("--penalty-beta", type=float, default=D.penalty_beta, help="soft-alpha penalty strength")
+    g.add_argument("--penalty-sharpness", type=float, default=D.penalty_sharpness,
+                   help="smooth-hinge sharpness s: quadratic within 1/s of the target, linear beyond")
+    g.add_argument("--penalty-two-sided", action="store_true",
+                   help="also penalise alpha above the target (default: only below)")
+    g.add_argument("--penalty-layers", type=_list(str, "--penalty-layers"), default=(),
+                   help="layers the penalty acts on, e.g. fc1,fc2 (default: all)")
+    g.add_argument("--refit-every", type=int, default=D.refit_every,
+                   help="steps between KS refits of each layer's tail size (held in between)")
+    g.add_argument("--penalty-grad-every", type=int, default=D.penalty_grad_every,
+                   help="steps between fresh penalty gradients (the last one is reused in between)")
+    g.add_argument("--control-every", type=int, default=D.control_every, help="steps between controller updates")
+    g.add_argument("--alpha-ema", type=float, default=D.alpha_ema, help="EMA factor of the controllers' alpha")
+    g.add_argument("--deadband", type=float, default=D.deadband,
+                   help="controllers leave lr / wd at base while |alpha - target| <= deadband")
+    g.add_argument("--lr-gain", type=float, default=D.lr_gain, help="anchored lr controller gain")
+    g.add_argument("--wd-gain", type=float, default=D.wd_gain, help="anchored wd controller gain")
+    g.add_argument("--lr-rule", choices=("anchored", "tempbalance"), default=D.lr_rule, help="lr controller map")
+    g.add_argument("--wd-rule", choices=("anchored", "alphadecay"), default=D.wd_rule, help="wd controller map")
+    g.add_argument("--lr-bounds", type=_list(float, "--lr-bounds"), default=(),
+                   help="lo,hi bounds of the lr multiplier (default: anchored 0.1,1; tempbalance 0.5,1.5)")
+    g.add_argument("--wd-bounds", type=_list(float, "--wd-bounds"), default=(),
+                   help="lo,hi bounds of the wd multiplier (default: anchored 0,3; alphadecay 0.666,3)")
+    g.add_argument("--wd-ref", type=float, default=D.wd_ref,
+                   help="wd controllers: wd = wd_ref x multiplier; --method weight_decay: the constant wd")
+    g.add_argument("--shuffle-alphas", action="store_true",
+                   help="ablation: the controllers see the alphas permuted across layers and members")
+    g.add_argument("--grokfast-alpha", type=float, default=D.grokfast_alpha, help="Grokfast-EMA momentum")
+    g.add_argument("--grokfast-lamb", type=float, default=D.grokfast_lamb, help="Grokfast-EMA amplification")
+    g.add_argument("--specnorm-beta", type=float, default=D.specnorm_beta,
+                   help="spectral-norm regularisation strength (beta/2 sum sigma_max^2)")
+    g.add_argument("--patience", type=int, default=D.patience,
+                   help="early stopping: log points without validation improvement")
+    g.add_argument("--min-delta", type=float, default=D.min_delta,
+                   help="early stopping: smallest validation-accuracy gain that counts")
+
+
+METHOD_ARGS = ("optimizer", "momentum", "val_per_class", "method", "target_alpha", "penalty_beta",
+               "penalty_sharpness", "penalty_two_sided", "refit_every", "penalty_grad_every",
+               "control_every", "alpha_ema", "deadband", "lr_gain", "wd_gain", "lr_rule", "wd_rule",
+               "wd_ref", "shuffle_alphas", "grokfast_alpha", "grokfast_lamb", "specnorm_beta",
+               "patience", "min_delta")
+
+
+def build_parser(prog: str, description: str, default_method: str = "none") -> OneLineParser:
     p = OneLineParser(prog=prog, description=description,
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data (paper A: 100 per class, stratified, seed 0; standard 10k test set)")
@@ -104,6 +165,7 @@ def build_parser(prog: str, description: str) -> OneLineParser:
     g.add_argument("--resume", action="store_true",
                    help="require an existing checkpoint (re-running the same command resumes anyway)")
     g.add_argument("--restart", action="store_true", help="discard an existing run of this name")
+    add_method_flags(p, default_method)
     return p
 
 
@@ -120,10 +182,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         snapshots=not args.no_snapshots, htsr=not args.no_htsr, htsr_shuffles=args.htsr_shuffles,
         htsr_seed=args.htsr_seed, ww_per_decade=args.ww_per_decade, esd_per_decade=args.esd_per_decade,
         runs_dir=args.runs_dir, name=args.name,
-        progress=not args.no_progress)
+        progress=not args.no_progress,
+        penalty_layers=tuple(args.penalty_layers), lr_bounds=tuple(args.lr_bounds),
+        wd_bounds=tuple(args.wd_bounds), **{k: getattr(args, k) for k in METHOD_ARGS})
 
 
-def run_main(prog: str, description: str, argv: Sequence[str] | None = None) -> int:
+def run_main(prog: str, description: str, argv: Sequence[str] | None = None,
+             default_method: str = "none") -> int:
     """Parse, validate, prepare the run directory, train. Returns the exit code."""
     import torch
 
@@ -131,7 +196,7 @@ def run_main(prog: str, description: str, argv: Sequence[str] | None = None) -> 
     from .engine import Interrupted, Trainer, resolve_device
     from .rundir import RunDir
 
-    args = build_parser(prog, description).parse_args(argv)
+    args = build_parser(prog, description, default_method).parse_args(argv)
     try:
         cfg = config_from_args(args).validate()
         device = resolve_device(cfg.device)

@@ -7,6 +7,8 @@ the value and what is allowed; the CLI turns it into exit code 2 before anything
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +70,35 @@ class RunConfig:
     runs_dir: str = "runs"
     name: str | None = None         # run directory name; derived from the config when None
     progress: bool = True
+    # optimizer and validation split
+    optimizer: str = "adamw"        # see alphareg.optim.OPTIMIZERS; adamw runs on the stacks
+    momentum: float = 0.9           # --optimizer sgd only
+    val_per_class: int = 0          # validation images per class from MNIST train minus the sample
+    # alpha-guided training and baselines (alphareg.methods); "none" = the paper's plain run
+    method: str = "none"            # components joined by "+", e.g. penalty+lr_controller
+    target_alpha: float = 2.0       # alpha* of the penalty and the anchored controllers
+    penalty_beta: float = 0.01      # strength of the soft-alpha penalty
+    penalty_sharpness: float = 10.0  # smooth-hinge sharpness s (quadratic within 1/s of target)
+    penalty_two_sided: bool = False  # penalise alpha above the target too
+    penalty_layers: tuple[str, ...] = ()  # layer names (fc1, ...); empty = all
+    refit_every: int = 100          # steps between KS refits of the tail size k
+    penalty_grad_every: int = 20    # steps between fresh penalty gradients (held in between)
+    control_every: int = 200        # steps between controller updates
+    alpha_ema: float = 0.8          # EMA factor of the controllers' alpha
+    deadband: float = 0.1           # no correction while |alpha - target| <= deadband
+    lr_gain: float = 1.0
+    wd_gain: float = 1.0
+    lr_rule: str = "anchored"       # anchored | tempbalance
+    wd_rule: str = "anchored"       # anchored | alphadecay
+    lr_bounds: tuple[float, ...] = ()   # (lo, hi) multiplier bounds; empty = the rule's default
+    wd_bounds: tuple[float, ...] = ()
+    wd_ref: float = 0.01            # wd controllers: wd = wd_ref * multiplier; weight_decay baseline's wd
+    shuffle_alphas: bool = False    # ablation: controllers see permuted alphas
+    grokfast_alpha: float = 0.98
+    grokfast_lamb: float = 2.0
+    specnorm_beta: float = 0.01
+    patience: int = 20              # early stopping: log points without validation improvement
+    min_delta: float = 0.0
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -91,7 +122,15 @@ class RunConfig:
         def fmt(vals):
             return "-".join(f"{v:g}" for v in vals)
         seeds = fmt(self.seeds) if self.K <= 4 else f"{self.seeds[0]}..{self.seeds[-1]}x{self.K}"
-        return f"mlp_lr{fmt(self.lr)}_wd{fmt(self.wd)}_s{seeds}_{self.dtype}"
+        name = f"mlp_lr{fmt(self.lr)}_wd{fmt(self.wd)}_s{seeds}_{self.dtype}"
+        if self.optimizer != "adamw":
+            name += f"_{self.optimizer}"
+        if self.method != "none":
+            from .methods import method_fields
+            extra = {k: v for k, v in self.to_dict().items() if k in method_fields(self.method)}
+            digest = hashlib.sha1(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:6]
+            name += f"_{self.method}_{digest}"
+        return name
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -177,9 +216,49 @@ class RunConfig:
                 raise ConfigError(f"{flag} {v} is not allowed; must be an integer >= 0 (0 = never)")
         if self.htsr and not self.snapshots:
             raise ConfigError("--no-snapshots needs --no-htsr: the HTSR monitor reads the snapshots")
+        self._validate_methods()
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9._=+-]+", self.name):
             raise ConfigError(f"--name {self.name!r} is not allowed; use letters, digits and . _ - + =")
         return self
+
+
+    def _validate_methods(self) -> None:
+        from .methods import parse_method
+        from .optim import OPTIMIZERS
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer {self.optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+        if not self.val_per_class >= 0 or self.n_per_class + self.val_per_class > 5421:
+            raise ConfigError(f"--val-per-class {self.val_per_class} is not allowed; must be >= 0 "
+                              f"and with --n-per-class at most 5421 per class")
+        comps = parse_method(self.method)   # raises ConfigError
+        for flag, v in (("--refit-every", self.refit_every), ("--penalty-grad-every", self.penalty_grad_every),
+                        ("--control-every", self.control_every), ("--patience", self.patience)):
+            _positive_int(flag, v)
+        for flag, v in (("--target", self.target_alpha), ("--penalty-sharpness", self.penalty_sharpness)):
+            if not v > 0:
+                raise ConfigError(f"{flag} {v:g} is not allowed; must be > 0")
+        for flag, v in (("--penalty-beta", self.penalty_beta), ("--deadband", self.deadband),
+                        ("--lr-gain", self.lr_gain), ("--wd-gain", self.wd_gain), ("--wd-ref", self.wd_ref),
+                        ("--specnorm-beta", self.specnorm_beta), ("--min-delta", self.min_delta)):
+            if not v >= 0:
+                raise ConfigError(f"{flag} {v:g} is not allowed; must be >= 0")
+        for flag, v in (("--alpha-ema", self.alpha_ema), ("--grokfast-alpha", self.grokfast_alpha)):
+            if not 0 <= v < 1:
+                raise ConfigError(f"{flag} {v:g} is not allowed; must be in [0, 1)")
+        for flag, b in (("--lr-bounds", self.lr_bounds), ("--wd-bounds", self.wd_bounds)):
+            if b and not (len(b) == 2 and 0 <= b[0] <= b[1]):
+                raise ConfigError(f"{flag} {_fmt(b)} is not allowed; give lo,hi with 0 <= lo <= hi")
+        if self.lr_rule not in ("anchored", "tempbalance"):
+            raise ConfigError(f"--lr-rule {self.lr_rule!r} is unknown; allowed: anchored, tempbalance")
+        if self.wd_rule not in ("anchored", "alphadecay"):
+            raise ConfigError(f"--wd-rule {self.wd_rule!r} is unknown; allowed: anchored, alphadecay")
+        names = [f"fc{i + 1}" for i in range(len(self.hidden) + 1)]
+        bad = [n for n in self.penalty_layers if n not in names]
+        if bad:
+            raise ConfigError(f"--penalty-layers {_fmt(bad)} unknown; this model has {', '.join(names)}")
+        if "early_stop" in comps and self.val_per_class == 0:
+            raise ConfigError("--method early_stop needs a validation split: give --val-per-class N "
+                              "(e.g. 100; drawn from MNIST train, never the test set)")
 
 
 def _broadcast(vals: tuple, k: int) -> list:

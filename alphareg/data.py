@@ -227,3 +227,15 @@ def paper_data(n_per_class: int = 100, seed: int = 0, dtype: torch.dtype = torch
     info = {"source": arr.source, "train_indices_sha": fingerprint(arr.train_x[idx], arr.train_y[idx]),
             "n_train": len(idx), "n_test": len(arr.test_y)}
     return train, test, info
+
+
+def validation_data(n_per_class: int, val_per_class: int, seed: int = 0,
+                    dtype: torch.dtype = torch.float64, device="cpu", data_dir=None) -> Split:
+    """``val_per_class`` images per digit from the MNIST *training* images that are not in the
+    training sample of ``paper_data(n_per_class, seed)`` (stratified, seed ``seed + 1``).
+    Never the test set: model selection and early stopping read this split."""
+    arr = load_mnist(data_dir)
+    used = stratified_indices(arr.train_y, n_per_class, seed)
+    rest = np.setdiff1d(np.arange(len(arr.train_y)), used)
+    pick = rest[stratified_indices(arr.train_y[rest], val_per_class, seed + 1)]
+    return to_split(arr.train_x[pick], arr.train_y[pick], dtype, device)

@@ -31,7 +31,7 @@ from . import measures
 from .config import ConfigError, RunConfig
 from .data import Split, paper_data
 from .models import PopulationMLP
-from .optim import StackedAdamW
+from .optim import make_optimizer
 from .rundir import CHECKPOINT, SUMMARY, RunDir, write_json_atomic
 from .sampler import EpochSampler
 from .schedule import log_points
@@ -80,8 +80,17 @@ class Trainer:
         self.train_set, self.test_set, self.data_info = data
         self.run_dir = run_dir
         self.model = PopulationMLP(cfg.layer_sizes(), cfg.seeds, cfg.init_scale, self.dtype).to(self.device)
-        self.opt = StackedAdamW(self.model.parameters(), cfg.member_lrs(), cfg.member_wds(),
-                                (cfg.beta1, cfg.beta2), cfg.eps)
+        self.opt = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.member_lrs(),
+                                  cfg.member_wds(), (cfg.beta1, cfg.beta2), cfg.eps, cfg.momentum)
+        self.val_set = None
+        if cfg.val_per_class > 0:
+            from .data import validation_data
+            self.val_set = validation_data(cfg.n_per_class, cfg.val_per_class, cfg.data_seed,
+                                           self.dtype, self.device, cfg.data_dir)
+        from .methods import build_hooks
+        self.hooks = build_hooks(cfg)
+        for h in self.hooks:
+            h.attach(self)
         self.sampler = EpochSampler(len(self.train_set.y), cfg.batch_size, cfg.seeds)
         self.step = 0
         self.wall_time = 0.0          # seconds spent in this run, summed over resumes
@@ -96,6 +105,8 @@ class Trainer:
             out = self.model(tr.x[idx])
             loss = member_losses(out, tr.onehot[idx], tr.y[idx], kind)
             loss.sum().backward()
+            for h in self.hooks:
+                h.after_backward(self)
             self.opt.step()
             self.opt.zero_grad()
             self.step += 1
@@ -119,6 +130,12 @@ class Trainer:
             test_correct += (out.argmax(-1) == te.y[s:s + 2500]).to(self.dtype).sum(1)
         test_loss /= len(te.y)
         test_acc = test_correct / len(te.y)
+        extra = {}
+        if self.val_set is not None:
+            va = self.val_set
+            out = model(va.x)
+            extra["val_loss"] = member_losses(out, va.onehot.unsqueeze(0), va.y, cfg.loss)
+            extra["val_acc"] = (out.argmax(-1) == va.y).to(self.dtype).mean(1)
         l2_layers, l2_total = measures.l2_norms(model.weights)
         sparsity = measures.activation_sparsity(hidden, cfg.sparsity_tau)
         entropy = measures.weight_entropy(model.weights)
@@ -127,12 +144,13 @@ class Trainer:
                                                  logits=logits_tr)
         names = model.layer_names()
         cols = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-                "test_acc": test_acc, "l2_total": l2_total}
+                "test_acc": test_acc, **extra, "l2_total": l2_total}
         cols.update({f"l2_{n}": l2_layers[i] for i, n in enumerate(names)})
         cols.update({f"sparsity_h{i + 1}": sparsity[i] for i in range(len(hidden))})
         cols.update({f"entropy_{n}": entropy[i] for i, n in enumerate(names)})
         cols["circuit_complexity"] = complexity
         cols = {k: v.cpu().tolist() for k, v in cols.items()}
+        cols.update(self.layer_lr_wd())
         lrs, wds = self.opt.lr[0].cpu().tolist(), self.opt.wd[0].cpu().tolist()
         rows = []
         for k, seed in enumerate(cfg.seeds):
@@ -142,12 +160,22 @@ class Trainer:
             rows.append(row)
         return rows
 
+    def layer_lr_wd(self) -> dict[str, list[float]]:
+        """lr_<layer>, wd_<layer> per member (a layer's weight; its bias gets the same values)."""
+        from .hooks import layer_param_indices
+        cols = {}
+        for (wi, _), n in zip(layer_param_indices(self), self.model.layer_names()):
+            cols[f"lr_{n}"] = self.opt.lr[wi].cpu().tolist()
+            cols[f"wd_{n}"] = self.opt.wd[wi].cpu().tolist()
+        return cols
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         return {"format": ckpt.FORMAT_VERSION, "step": self.step, "wall_time": self.wall_time,
                 "config": self.cfg.trajectory_dict(), "data": self.data_info,
                 "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
                 "optimizer": self.opt.state_dict(), "sampler": self.sampler.state_dict(),
+                "hooks": {h.name: h.state_dict() for h in self.hooks},
                 "torch": torch.__version__}
 
     def load_state_dict(self, sd: dict, source: str = "checkpoint") -> None:
@@ -163,6 +191,8 @@ class Trainer:
             self.model.load_state_dict({k: v.to(self.device) for k, v in sd["model"].items()})
             self.opt.load_state_dict(sd["optimizer"])
             self.sampler.load_state_dict(sd["sampler"])
+            for h in self.hooks:
+                h.load_state_dict(sd.get("hooks", {})[h.name])
         except (RuntimeError, ValueError, KeyError) as e:
             raise ckpt.CheckpointError(f"{source} does not fit this model ({e}); use --restart") from None
         self.step, self.wall_time = int(sd["step"]), float(sd["wall_time"])
@@ -210,6 +240,10 @@ class Trainer:
 
     def _log_point(self, monitor=None) -> list[dict]:
         rows = self.evaluate()
+        for h in self.hooks:
+            for col, vals in h.at_log_point(self, rows).items():
+                for row, v in zip(rows, vals):
+                    row[col] = v
         if self.cfg.snapshots:
             self.save_snapshot()
         self.run_dir.append_metrics(rows)   # metrics first, then the checkpoint (see truncate)

@@ -79,3 +79,103 @@ class StackedAdamW:
                     raise ValueError(f"optimizer '{key}'[{i}] has shape {tuple(src.shape)}, "
                                      f"expected {tuple(dst[i].shape)}")
                 dst[i] = src.to(device=dev, dtype=dst[i].dtype).clone()
+
+
+# ---------------------------------------------------------------------------------------------
+# any torch optimizer, one instance per member (for optimizers that are not element-wise)
+# ---------------------------------------------------------------------------------------------
+#: ``--optimizer`` choices: AdamW runs on the stacks (``StackedAdamW``), the others per member.
+TORCH_OPTIMIZERS = ("adam", "sgd")
+TORCH_OPTIMIZER_PKG = ("lamb", "radam", "adabelief", "yogi", "diffgrad", "novograd", "adamp",
+                       "madgrad", "qhadam", "sgdw")
+OPTIMIZERS = ("adamw", *TORCH_OPTIMIZERS, *TORCH_OPTIMIZER_PKG)
+
+
+class PerMemberOptimizer:
+    """Any ``torch.optim.Optimizer`` on a population, without mixing members.
+
+    Per-tensor optimizers (Lamb, NovoGrad, AdamP, ...) take norms over a whole tensor, which on a
+    stacked (K, ...) parameter would mix members. Here member k's parameters are storage-sharing
+    views ``p[k]`` of the stacked tensors, each in its own parameter group (so lr and weight decay
+    are per member and per parameter, like ``StackedAdamW.lr[i]``), and before every step
+    ``view.grad = p.grad[k]``. The optimizer updates the views in place, i.e. the stacks.
+    ``lr[i]`` / ``wd[i]``: (K,) tensors, copied into the groups before each step.
+    """
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], make, lr: Sequence[float],
+                 wd: Sequence[float]):
+        self.params = list(params)
+        K = self.params[0].shape[0]
+        lr_t = torch.as_tensor(list(lr), dtype=torch.float64)
+        wd_t = torch.as_tensor(list(wd), dtype=torch.float64)
+        if lr_t.shape != (K,) or wd_t.shape != (K,):
+            raise ValueError(f"lr and wd need one value per member ({K})")
+        self.lr = [lr_t.clone() for _ in self.params]
+        self.wd = [wd_t.clone() for _ in self.params]
+        self.K = K
+        self.views = [[p.detach()[k] for p in self.params] for k in range(K)]
+        groups = [{"params": [v], "lr": float(lr_t[k]), "weight_decay": float(wd_t[k])}
+                  for k in range(K) for v in self.views[k]]
+        self.inner = make(groups)
+
+    def _sync(self) -> None:
+        P = len(self.params)
+        for k in range(self.K):
+            for i in range(P):
+                g = self.inner.param_groups[k * P + i]
+                g["lr"] = float(self.lr[i][k])
+                g["weight_decay"] = float(self.wd[i][k])
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self._sync()
+        for k in range(self.K):
+            for p, v in zip(self.params, self.views[k]):
+                v.grad = p.grad[k]
+        self.inner.step()
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+        for vs in self.views:
+            for v in vs:
+                v.grad = None
+
+    def state_dict(self) -> dict:
+        return {"lr": [x.clone() for x in self.lr], "wd": [x.clone() for x in self.wd],
+                "inner": self.inner.state_dict()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        for key in ("lr", "wd", "inner"):
+            if key not in sd:
+                raise ValueError(f"optimizer state lacks '{key}' (written by another optimizer?)")
+        for dst, src in ((self.lr, sd["lr"]), (self.wd, sd["wd"])):
+            if len(src) != len(dst) or any(s.shape != d.shape for s, d in zip(src, dst)):
+                raise ValueError("optimizer lr/wd state does not fit this population")
+            for i, s in enumerate(src):
+                dst[i] = s.to(torch.float64).clone()
+        self.inner.load_state_dict(sd["inner"])
+
+
+def make_optimizer(name: str, params, lr: Sequence[float], wd: Sequence[float],
+                   betas=(0.9, 0.999), eps: float = 1e-8, momentum: float = 0.9):
+    """``StackedAdamW`` for ``adamw``; ``PerMemberOptimizer`` over torch's Adam / SGD (coupled L2
+    weight decay, SGD with ``momentum``) or torch-optimizer's class of that name (its defaults
+    apart from lr and weight_decay)."""
+    if name == "adamw":
+        return StackedAdamW(params, lr, wd, betas, eps)
+    if name == "adam":
+        def make(groups):
+            return torch.optim.Adam(groups, betas=betas, eps=eps)
+    elif name == "sgd":
+        def make(groups):
+            return torch.optim.SGD(groups, momentum=momentum)
+    elif name in TORCH_OPTIMIZER_PKG:
+        import torch_optimizer
+        cls = torch_optimizer.get(name)
+
+        def make(groups):
+            return cls(groups)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
+    return PerMemberOptimizer(params, make, lr, wd)

@@ -1,0 +1,263 @@
+"""Differentiable soft-α penalty (HTSR power-law exponent of each layer's weight spectrum).
+
+For a weight matrix W (N x M) with singular values σ = ``torch.linalg.svdvals(W)`` let
+ℓ_1 >= ... >= ℓ_n be ``ln σ² = ln λ`` sorted descending. At a *refit* (every ``refit_every``
+evaluations) the tail size k is chosen without gradient by weightwatcher's KS scan
+(``alphareg.htsr.fit_alpha``: k = ``num_pl_spikes``; small spectra, n < 20 eigenvalues, use its
+bias-corrected estimator). Between refits k is held fixed and
+
+    α̂(W) = 1 + k' / Σ_{i<=k} (ℓ_i − ℓ_k),        k' = k  (k − 1 for the small-N estimator)
+
+is a smooth function of W (``alphareg.htsr.alpha_from_tail``); at refit time it equals the
+monitor's (and weightwatcher's) alpha. Note α̂(cW) = α̂(W) and ∇α̂ ∝ 1/‖W‖.
+
+Penalty, summed over the selected layers l and population members m, with d = target − α̂:
+
+    P = β Σ_{l,m} H_s(d)              one-sided (default): H_s(d) = 0 for d <= 0,
+                                         s d²/2 for 0 < d < 1/s, d − 1/(2s) for d >= 1/s
+                                       two-sided: H_s(|d|) (a Huber loss around the target)
+
+H_s is a C¹ "smooth hinge" with sharpness s: exactly zero when every alpha is above the target
+(one-sided), quadratic near the target, linear (slope 1) far from it. A one-sided penalty only
+pushes alpha *up* and so never manufactures spikes.
+
+Layers: any module's ``nn.Linear`` / ``nn.Embedding`` weights (one matrix), ``nn.Conv1d/2d/3d``
+weights (the (out, in) slice of every kernel position, their eigenvalues pooled into one ESD as
+weightwatcher does for Conv2d), and population-stacked weights (``alphareg.models.PopulationMLP``:
+one α̂ per member). Usage outside the engine::
+
+    penalty = SoftAlphaPenalty(target=2.0, beta=0.1)
+    loss = task_loss + penalty(model)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .hooks import TrainingHook
+from .htsr import alpha_from_tail, fit_alpha_evals
+
+#: eigenvalues are clamped to this before the log (zero eigenvalues never enter the tail, but
+#: log(0) would poison the gradient of the masked entries)
+TINY = 1e-300
+
+
+@dataclass
+class SpectralLayer:
+    """One layer as a stack of matrices: ``matrices()`` -> (B, N, M).
+
+    ``pooled``: the B matrices form ONE spectrum (conv kernel positions), else B independent
+    spectra (population members, B = K). ``param`` is the tensor the matrices are a view of.
+    """
+    name: str
+    param: Tensor
+    pooled: bool
+
+    def matrices(self) -> Tensor:
+        W = self.param
+        if W.dim() == 2:
+            return W.unsqueeze(0)
+        if self.pooled:   # conv (out, in, *kernel) -> (positions, out, in)
+            return W.reshape(W.shape[0], W.shape[1], -1).permute(2, 0, 1)
+        return W           # population stack (K, out, in)
+
+    @property
+    def members(self) -> int:
+        return 1 if self.pooled or self.param.dim() == 2 else self.param.shape[0]
+
+
+def spectral_layers(model: nn.Module, layers: Sequence[str] | None = None) -> list[SpectralLayer]:
+    """The weight matrices an HTSR penalty can act on, named like ``model.layer_names()`` for a
+    population model and by module path otherwise. ``layers`` selects by name (None = all)."""
+    if hasattr(model, "weights") and hasattr(model, "layer_names"):   # PopulationMLP
+        found = [SpectralLayer(n, w, False) for n, w in zip(model.layer_names(), model.weights)]
+    else:
+        found = []
+        for name, mod in model.named_modules():
+            if isinstance(mod, (nn.Linear, nn.Embedding)):
+                found.append(SpectralLayer(name, mod.weight, False))
+            elif isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                found.append(SpectralLayer(name, mod.weight, True))
+    if layers is not None:
+        names = [l.name for l in found]
+        unknown = [n for n in layers if n not in names]
+        if unknown:
+            raise ValueError(f"unknown layer name(s) {unknown}; this model has {names}")
+        found = [l for l in found if l.name in layers]
+    return found
+
+
+def spectrum(layer: SpectralLayer) -> Tensor:
+    """(members, n) eigenvalues ``σ²`` of W in float64, ascending, differentiable."""
+    W = layer.matrices().to(torch.float64)
+    if W.shape[-2] < W.shape[-1]:
+        W = W.mT
+    sv = torch.linalg.svdvals(W)                        # (B, m) descending
+    lam = sv * sv
+    if layer.pooled:
+        lam = lam.reshape(1, -1)
+    return torch.sort(lam, dim=-1).values
+
+
+def log_spectrum(layer: SpectralLayer) -> Tensor:
+    """(members, n) log-eigenvalues ``ln σ²``, ascending, differentiable (zeros clamped)."""
+    return torch.log(spectrum(layer).clamp_min(TINY))
+
+
+def smooth_hinge(d: Tensor, sharpness: float) -> Tensor:
+    """H_s(d): 0 for d <= 0, s d²/2 on (0, 1/s), d − 1/(2s) beyond (C¹, slope <= 1)."""
+    s = float(sharpness)
+    zero = torch.zeros_like(d)
+    return torch.where(d <= 0, zero, torch.where(d < 1.0 / s, 0.5 * s * d * d, d - 0.5 / s))
+
+
+@dataclass
+class TailFit:
+    """Tail sizes held between refits: k (members,) int64, bias-corrected flags, validity."""
+    k: Tensor
+    small_n: Tensor
+    valid: Tensor
+
+
+class SoftAlphaPenalty:
+    """β Σ H_s(target − α̂) over layers and members (see the module docstring).
+
+    ``refit_every``: the tail size k is re-chosen by the KS scan every this many calls to
+    :meth:`__call__` (1 = every call). ``layers``: names to act on (None = all).
+    """
+
+    def __init__(self, target: float = 2.0, beta: float = 0.1, sharpness: float = 10.0,
+                 two_sided: bool = False, layers: Sequence[str] | None = None,
+                 refit_every: int = 100):
+        if not sharpness > 0:
+            raise ValueError(f"sharpness must be > 0, got {sharpness}")
+        if not refit_every >= 1:
+            raise ValueError(f"refit_every must be >= 1, got {refit_every}")
+        self.target, self.beta, self.sharpness = float(target), float(beta), float(sharpness)
+        self.two_sided, self.layers, self.refit_every = bool(two_sided), layers, int(refit_every)
+        self.fits: dict[str, TailFit] = {}
+        self.calls = 0
+
+    # ------------------------------------------------------------------ pieces
+    @torch.no_grad()
+    def refit(self, model: nn.Module) -> None:
+        """Choose every layer's tail size k by weightwatcher's KS scan (no gradient)."""
+        for layer in spectral_layers(model, self.layers):
+            fit = fit_alpha_evals(spectrum(layer))
+            k = fit.num_pl_spikes.reshape(-1)
+            self.fits[layer.name] = TailFit(k=k.clone(), small_n=fit.small_n.reshape(-1).clone(),
+                                            valid=(k >= 2) & (fit.alpha.reshape(-1) > 1))
+
+    def alphas(self, model: nn.Module) -> dict[str, Tensor]:
+        """α̂ (members,) of each selected layer with the held tail sizes (NaN where invalid)."""
+        return self.alphas_of(model, self.layers)
+
+    def alphas_of(self, model: nn.Module, names: Sequence[str] | None) -> dict[str, Tensor]:
+        """α̂ of the named layers (None = all of the model's layers)."""
+        out = {}
+        for layer in spectral_layers(model, names):
+            fit = self.fits.get(layer.name)
+            if fit is None:
+                raise RuntimeError("call refit(model) before alphas(model)")
+            logs = log_spectrum(layer)
+            k = torch.where(fit.valid, fit.k, torch.full_like(fit.k, 2)).to(logs.device)
+            plain = alpha_from_tail(logs, k)
+            corrected = alpha_from_tail(logs, k, bias_corrected=True)
+            a = torch.where(fit.small_n.to(logs.device), corrected, plain)
+            out[layer.name] = torch.where(fit.valid.to(logs.device), a,
+                                          torch.full_like(a, float("nan")))
+        return out
+
+    def per_member(self, alphas: dict[str, Tensor]) -> Tensor:
+        """Penalty of each member (members,), summed over layers; NaN alphas contribute 0."""
+        total = None
+        for a in alphas.values():
+            d = self.target - a
+            h = smooth_hinge(d.abs() if self.two_sided else d, self.sharpness)
+            h = torch.where(torch.isnan(a), torch.zeros_like(h), h)
+            total = h if total is None else total + h
+        return self.beta * total
+
+    # ------------------------------------------------------------------ the loss term
+    def __call__(self, model: nn.Module) -> Tensor:
+        """Scalar penalty (differentiable); refits k every ``refit_every`` calls."""
+        if self.calls % self.refit_every == 0 or not self.fits:
+            self.refit(model)
+        self.calls += 1
+        return self.per_member(self.alphas(model)).sum()
+
+    def state_dict(self) -> dict:
+        return {"calls": self.calls,
+                "fits": {n: {"k": f.k.cpu(), "small_n": f.small_n.cpu(), "valid": f.valid.cpu()}
+                         for n, f in self.fits.items()}}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.calls = int(sd["calls"])
+        self.fits = {n: TailFit(**f) for n, f in sd["fits"].items()}
+
+
+class SoftAlphaHook(TrainingHook):
+    """The soft-α penalty inside the engine, with a held gradient (cheap reuse).
+
+    Every ``grad_every`` steps (and at step 0) the hook evaluates α̂ of every selected layer
+    without gradient; only layers where some member has a non-zero penalty get a second,
+    differentiable pass whose gradient ∇_W P is cached. Each step adds the cached gradient to the
+    task gradient (a lagged gradient of P, refreshed every ``grad_every`` steps), so an inactive
+    one-sided penalty costs one ``svdvals`` per layer every ``grad_every`` steps. The tail sizes
+    are refitted every ``refit_every`` steps (step-based, so a resumed run refits at the same
+    steps). Logged per member: ``alpha_hat_<layer>``, ``penalty``.
+    """
+
+    name = "penalty"
+
+    def __init__(self, penalty: SoftAlphaPenalty, grad_every: int = 20):
+        if not grad_every >= 1:
+            raise ValueError(f"grad_every must be >= 1, got {grad_every}")
+        self.penalty = penalty
+        self.grad_every = int(grad_every)
+        self.grads: dict[str, Tensor] = {}    # layer name -> cached β∇P (param shape)
+
+    def _refresh(self, model: nn.Module, step: int) -> None:
+        pen = self.penalty
+        if step % pen.refit_every == 0 or not pen.fits:
+            pen.refit(model)
+        with torch.no_grad():
+            alphas = pen.alphas(model)
+        active = [n for n, a in alphas.items() if float(pen.per_member({n: a}).sum()) > 0]
+        self.grads = {}
+        if not active:
+            return
+        layers = {l.name: l for l in spectral_layers(model, active)}
+        with torch.enable_grad():
+            total = pen.per_member(pen.alphas_of(model, active)).sum()
+            grads = torch.autograd.grad(total, [layers[n].param for n in active])
+        self.grads = {n: g.detach() for n, g in zip(active, grads)}
+
+    def after_backward(self, trainer) -> None:
+        model = trainer.model
+        if trainer.step % self.grad_every == 0:
+            self._refresh(model, trainer.step)
+        if self.grads:
+            for layer in spectral_layers(model, list(self.grads)):
+                layer.param.grad.add_(self.grads[layer.name].to(layer.param.grad.dtype))
+
+    @torch.no_grad()
+    def at_log_point(self, trainer, rows):
+        pen = self.penalty
+        if not pen.fits:
+            pen.refit(trainer.model)
+        alphas = pen.alphas(trainer.model)
+        cols = {f"alpha_hat_{n}": a.cpu().tolist() for n, a in alphas.items()}
+        cols["penalty"] = pen.per_member(alphas).cpu().tolist()
+        return cols
+
+    def state_dict(self) -> dict:
+        return {"penalty": self.penalty.state_dict(),
+                "grads": {n: g.cpu() for n, g in self.grads.items()}}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.penalty.load_state_dict(sd["penalty"])
+        self.grads = dict(sd["grads"])
