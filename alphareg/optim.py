@@ -96,9 +96,11 @@ class PerMemberOptimizer:
 
     Per-tensor optimizers (Lamb, NovoGrad, AdamP, ...) take norms over a whole tensor, which on a
     stacked (K, ...) parameter would mix members. Here member k's parameters are storage-sharing
-    views ``p[k]`` of the stacked tensors, each in its own parameter group (so lr and weight decay
-    are per member and per parameter, like ``StackedAdamW.lr[i]``), and before every step
-    ``view.grad = p.grad[k]``. The optimizer updates the views in place, i.e. the stacks.
+    views ``p[k]`` of the stacked tensors, each with its own optimizer instance (so lr and weight
+    decay are per member and per parameter, like ``StackedAdamW.lr[i]``; separate instances
+    because some optimizers cache per-instance values across groups, e.g. torch-optimizer's
+    RAdam caches ``lr``-scaled step sizes), and before every step ``view.grad = p.grad[k]``.
+    The optimizers update the views in place, i.e. the stacks.
     ``lr[i]`` / ``wd[i]``: (K,) tensors, copied into the groups before each step.
     """
 
@@ -114,25 +116,19 @@ class PerMemberOptimizer:
         self.wd = [wd_t.clone() for _ in self.params]
         self.K = K
         self.views = [[p.detach()[k] for p in self.params] for k in range(K)]
-        groups = [{"params": [v], "lr": float(lr_t[k]), "weight_decay": float(wd_t[k])}
-                  for k in range(K) for v in self.views[k]]
-        self.inner = make(groups)
-
-    def _sync(self) -> None:
-        P = len(self.params)
-        for k in range(self.K):
-            for i in range(P):
-                g = self.inner.param_groups[k * P + i]
-                g["lr"] = float(self.lr[i][k])
-                g["weight_decay"] = float(self.wd[i][k])
+        self.inner = [make([{"params": [v], "lr": float(lr_t[k]), "weight_decay": float(wd_t[k])}])
+                      for k in range(K) for v in self.views[k]]
 
     @torch.no_grad()
     def step(self) -> None:
-        self._sync()
+        P = len(self.params)
         for k in range(self.K):
-            for p, v in zip(self.params, self.views[k]):
+            for i, (p, v) in enumerate(zip(self.params, self.views[k])):
+                group = self.inner[k * P + i].param_groups[0]
+                group["lr"] = float(self.lr[i][k])
+                group["weight_decay"] = float(self.wd[i][k])
                 v.grad = p.grad[k]
-        self.inner.step()
+                self.inner[k * P + i].step()
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -143,7 +139,7 @@ class PerMemberOptimizer:
 
     def state_dict(self) -> dict:
         return {"lr": [x.clone() for x in self.lr], "wd": [x.clone() for x in self.wd],
-                "inner": self.inner.state_dict()}
+                "inner": [o.state_dict() for o in self.inner]}
 
     def load_state_dict(self, sd: dict) -> None:
         for key in ("lr", "wd", "inner"):
@@ -154,7 +150,16 @@ class PerMemberOptimizer:
                 raise ValueError("optimizer lr/wd state does not fit this population")
             for i, s in enumerate(src):
                 dst[i] = s.to(torch.float64).clone()
-        self.inner.load_state_dict(sd["inner"])
+        if len(sd["inner"]) != len(self.inner):
+            raise ValueError("optimizer state does not fit this population")
+        for o, s in zip(self.inner, sd["inner"]):
+            o.load_state_dict(s)
+            # torch casts floating state to the parameter's dtype on load; some optimizers keep
+            # float32 state for float64 parameters (torch-optimizer's NovoGrad): restore it exactly
+            for p, saved in zip(o.param_groups[0]["params"], s["state"].values()):
+                for key, val in saved.items():
+                    if isinstance(val, torch.Tensor):
+                        o.state[p][key] = val.clone().to(p.device)
 
 
 def make_optimizer(name: str, params, lr: Sequence[float], wd: Sequence[float],

@@ -142,14 +142,17 @@ class SoftAlphaPenalty:
         self.calls = 0
 
     # ------------------------------------------------------------------ pieces
-    @torch.no_grad()
     def refit(self, model: nn.Module) -> None:
         """Choose every layer's tail size k by weightwatcher's KS scan (no gradient)."""
         for layer in spectral_layers(model, self.layers):
-            fit = fit_alpha_evals(spectrum(layer))
-            k = fit.num_pl_spikes.reshape(-1)
-            self.fits[layer.name] = TailFit(k=k.clone(), small_n=fit.small_n.reshape(-1).clone(),
-                                            valid=(k >= 2) & (fit.alpha.reshape(-1) > 1))
+            self.refit_layer(layer)
+
+    @torch.no_grad()
+    def refit_layer(self, layer: SpectralLayer) -> None:
+        fit = fit_alpha_evals(spectrum(layer))
+        k = fit.num_pl_spikes.reshape(-1)
+        self.fits[layer.name] = TailFit(k=k.clone(), small_n=fit.small_n.reshape(-1).clone(),
+                                        valid=(k >= 2) & (fit.alpha.reshape(-1) > 1))
 
     def alphas(self, model: nn.Module) -> dict[str, Tensor]:
         """α̂ (members,) of each selected layer with the held tail sizes (NaN where invalid)."""
@@ -157,19 +160,19 @@ class SoftAlphaPenalty:
 
     def alphas_of(self, model: nn.Module, names: Sequence[str] | None) -> dict[str, Tensor]:
         """α̂ of the named layers (None = all of the model's layers)."""
-        out = {}
-        for layer in spectral_layers(model, names):
-            fit = self.fits.get(layer.name)
-            if fit is None:
-                raise RuntimeError("call refit(model) before alphas(model)")
-            logs = log_spectrum(layer)
-            k = torch.where(fit.valid, fit.k, torch.full_like(fit.k, 2)).to(logs.device)
-            plain = alpha_from_tail(logs, k)
-            corrected = alpha_from_tail(logs, k, bias_corrected=True)
-            a = torch.where(fit.small_n.to(logs.device), corrected, plain)
-            out[layer.name] = torch.where(fit.valid.to(logs.device), a,
-                                          torch.full_like(a, float("nan")))
-        return out
+        return {layer.name: self.layer_alpha(layer) for layer in spectral_layers(model, names)}
+
+    def layer_alpha(self, layer: SpectralLayer) -> Tensor:
+        """α̂ (members,) of one layer with its held tail size (NaN where the fit failed)."""
+        fit = self.fits.get(layer.name)
+        if fit is None:
+            raise RuntimeError(f"no tail fit for layer {layer.name!r}: call refit(model) first")
+        logs = log_spectrum(layer)
+        valid = fit.valid.to(logs.device)
+        k = torch.where(valid, fit.k.to(logs.device), torch.full_like(fit.k, 2).to(logs.device))
+        a = torch.where(fit.small_n.to(logs.device), alpha_from_tail(logs, k, bias_corrected=True),
+                        alpha_from_tail(logs, k))
+        return torch.where(valid, a, torch.full_like(a, float("nan")))
 
     def per_member(self, alphas: dict[str, Tensor]) -> Tensor:
         """Penalty of each member (members,), summed over layers; NaN alphas contribute 0."""

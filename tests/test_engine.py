@@ -12,8 +12,9 @@ from alphareg.models import PopulationMLP
 from alphareg.rundir import RunDir
 
 
-def plain_reference(train, seed, lr, wd, steps, init_scale=8.0, batch=200):
-    """A plain PyTorch loop written independently of alphareg's engine (nn.Sequential + AdamW)."""
+def plain_reference(train, seed, lr, wd, steps, init_scale=8.0, batch=200, make_opt=None):
+    """A plain PyTorch loop written independently of alphareg's engine (nn.Sequential + AdamW,
+    or ``make_opt(params, lr, wd)``)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = nn.Sequential(nn.Linear(784, 200, dtype=torch.float64), nn.ReLU(),
@@ -22,7 +23,10 @@ def plain_reference(train, seed, lr, wd, steps, init_scale=8.0, batch=200):
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(init_scale)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, betas=(0.9, 0.999), eps=1e-8)
+    if make_opt is None:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, betas=(0.9, 0.999), eps=1e-8)
+    else:
+        opt = make_opt(model.parameters(), lr, wd)
     gen = torch.Generator().manual_seed(seed)
     n = len(train.y)
     done = 0

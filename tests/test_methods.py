@@ -1,0 +1,153 @@
+"""Every --method: exact resume (hook state in the checkpoint), baselines' maths, CLI errors."""
+import io
+
+import pytest
+import torch
+
+from alphareg.config import ConfigError, RunConfig
+from alphareg.engine import Trainer
+from alphareg.methods import parse_method
+from alphareg.rundir import RunDir, read_metrics
+from baselines.grokfast import GrokfastEMA
+from baselines.orthograd import orthogonal_grad
+from baselines.spectral_norm import SpectralNormPenalty
+
+FAST = dict(refit_every=7, penalty_grad_every=3, control_every=4, target_alpha=10.0, seeds=(0, 1),
+            lr=(5e-3,), steps=23, progress=False)
+
+
+def _state(tr):
+    sd = tr.state_dict()
+    buf = io.BytesIO()
+    torch.save(sd, buf)          # the checkpoint's serialisation round trip
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+def _flat(obj):
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for k in sorted(obj, key=str) for t in _flat(obj[k])]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _flat(v)]
+    return [torch.tensor(float(obj))] if isinstance(obj, (int, float, bool)) else []
+
+
+@pytest.mark.parametrize("method", ["penalty", "lr_controller", "wd_controller", "tempbalance",
+                                    "alphadecay", "penalty+lr", "grokfast", "spectral_norm",
+                                    "orthograd", "weight_decay", "penalty+grokfast+wd"])
+def test_resume_continues_method_state_exactly(paper_split, method):
+    cfg = RunConfig(method=method, shuffle_alphas=method == "lr_controller", **FAST)
+    straight = Trainer(cfg, data=paper_split)
+    straight.train_steps(23)
+    first = Trainer(cfg, data=paper_split)
+    first.train_steps(11)                       # not a multiple of any refresh interval
+    sd = _state(first)
+    resumed = Trainer(cfg, data=paper_split)
+    resumed.load_state_dict(sd)
+    resumed.train_steps(12)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(_flat(straight.state_dict()["hooks"]), _flat(resumed.state_dict()["hooks"])):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.opt.lr + straight.opt.wd, resumed.opt.lr + resumed.opt.wd):
+        assert torch.equal(a, b)
+    moved = Trainer(RunConfig(**FAST), data=paper_split)
+    moved.train_steps(23)
+    if method != "orthograd":   # every method changes the trajectory vs the plain run
+        assert any(not torch.equal(a, b) for a, b in zip(moved.model.parameters(),
+                                                          straight.model.parameters())), method
+
+
+def test_penalty_is_inactive_until_an_alpha_falls_below_target(paper_split):
+    cfg = RunConfig(method="penalty", target_alpha=1.0, **{k: v for k, v in FAST.items()
+                                                             if k != "target_alpha"})
+    pen, plain = Trainer(cfg, data=paper_split), Trainer(RunConfig(**FAST), data=paper_split)
+    pen.train_steps(10)
+    plain.train_steps(10)
+    assert all(torch.equal(a, b) for a, b in zip(pen.model.parameters(), plain.model.parameters()))
+
+
+def test_early_stopping_restores_the_best_weights_and_freezes_the_member(tmp_path, paper_split):
+    cfg = RunConfig(method="early_stop", val_per_class=10, patience=1, min_delta=1.0, seeds=(0, 1),
+                    lr=(5e-3,), steps=30, log_per_decade=5, progress=False, htsr=False,
+                    snapshots=False, runs_dir=str(tmp_path), name="es", plot_minutes=1e9)
+    tr = Trainer(cfg, RunDir(cfg), data=paper_split)
+    tr.run_dir.create(tr.data_info)
+    init = [p.detach().clone() for p in tr.model.parameters()]
+    tr.run()
+    # min_delta 1.0: nothing after step 0 counts as an improvement -> stop at the next log point,
+    # restore the step-0 weights, stay frozen to the end
+    for a, b in zip(init, tr.model.parameters()):
+        assert torch.equal(a, b)
+    rows = read_metrics(tr.run_dir.path)
+    assert {float(r["stopped"]) for r in rows if int(r["step"]) > 1} == {1.0}
+    assert all(0 <= float(r["val_acc"]) <= 1 for r in rows)
+    last = [r for r in rows if int(r["step"]) == 30]
+    assert float(last[0]["lr_fc1"]) == 0.0
+
+
+def test_validation_split_is_disjoint_from_training_sample(mnist):
+    from alphareg.data import stratified_indices, validation_data
+    val = validation_data(100, 20, seed=0)
+    assert len(val.y) == 200 and torch.bincount(val.y).tolist() == [20] * 10
+    used = stratified_indices(mnist.train_y, 100, 0)
+    train_rows = {mnist.train_x[i].tobytes() for i in used}
+    val_rows = {(val.x[i] * 255).round().to(torch.uint8).numpy().tobytes() for i in range(200)}
+    assert not train_rows & val_rows
+
+
+def test_grokfast_ema_by_hand():
+    p = torch.nn.Parameter(torch.zeros(2, 3, dtype=torch.float64))
+    gf = GrokfastEMA(alpha=0.5, lamb=2.0)
+    g1, g2 = torch.full((2, 3), 1.0, dtype=torch.float64), torch.full((2, 3), 3.0, dtype=torch.float64)
+    p.grad = g1.clone()
+    gf.filter([p])
+    assert torch.allclose(p.grad, g1 + 2 * g1)              # mu_0 = g_0
+    p.grad = g2.clone()
+    gf.filter([p])
+    assert torch.allclose(p.grad, g2 + 2 * (0.5 * g1 + 0.5 * g2))
+
+
+def test_orthograd_is_orthogonal_per_member_with_the_original_norm():
+    g = torch.Generator().manual_seed(0)
+    w, grad = torch.randn(3, 5, 4, generator=g, dtype=torch.float64), torch.randn(3, 5, 4, generator=g,
+                                                                                   dtype=torch.float64)
+    out = orthogonal_grad(w, grad)
+    for k in range(3):
+        assert abs(torch.dot(out[k].flatten(), w[k].flatten()).item()) < 1e-12
+        assert out[k].norm().item() == pytest.approx(grad[k].norm().item(), rel=1e-12)
+        assert torch.allclose(out[k], orthogonal_grad(w[k:k + 1], grad[k:k + 1])[0])
+
+
+def test_spectral_norm_gradient_equals_autograd_of_half_beta_sigma_squared():
+    W = torch.randn(2, 30, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    sn = SpectralNormPenalty(beta=0.3)
+    for _ in range(300):
+        sigma, u, v = sn.power_iteration("w", W)
+    exact = torch.linalg.matrix_norm(W, ord=2)
+    assert torch.allclose(sigma, exact, rtol=1e-10)
+    X = W.clone().requires_grad_()
+    (0.5 * 0.3 * torch.linalg.matrix_norm(X, ord=2).pow(2).sum()).backward()
+    ours = 0.3 * sigma[:, None, None] * u[:, :, None] * v[:, None, :]
+    assert torch.allclose(ours, X.grad, atol=1e-8)
+
+
+@pytest.mark.parametrize("method, msg", [("bogus", "unknown component"), ("lr+tempbalance", "twice"),
+                                         ("weight_decay+wd", "both set the wd")])
+def test_bad_methods_are_refused(method, msg):
+    with pytest.raises(ConfigError, match=msg):
+        parse_method(method)
+
+
+def test_early_stop_without_validation_split_names_the_flag():
+    with pytest.raises(ConfigError, match="--val-per-class"):
+        RunConfig(method="early_stop").validate()
+
+
+def test_method_runs_get_their_own_directory_names():
+    a, b = RunConfig(method="penalty"), RunConfig(method="penalty", penalty_beta=0.5)
+    assert a.run_name() != b.run_name() != RunConfig().run_name()
+    assert a.run_name() == RunConfig(method="penalty").run_name()
+    assert RunConfig(method="penalty", specnorm_beta=3.0).run_name() == a.run_name()  # unused flag

@@ -1,0 +1,136 @@
+"""Soft-alpha penalty: gradients, agreement with weightwatcher, effect on a layer's alpha."""
+import pytest
+import torch
+from torch import nn
+
+from alphareg.htsr import fit_alpha, ww_reference
+from alphareg.models import PopulationMLP
+from alphareg.regularizers import SoftAlphaPenalty, SpectralLayer, smooth_hinge, spectral_layers
+
+
+def heavy(n, m, df=1.5, seed=0):
+    """Student-t entries: a heavy-tailed ESD (weightwatcher alpha well below 2 for df 1.5)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, m, generator=g, dtype=torch.float64)
+    gamma = torch.distributions.Gamma(df / 2, 0.5)   # chi-squared with df degrees of freedom
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        chi2 = gamma.sample((n, m)).to(torch.float64)
+    return z / torch.sqrt(chi2 / df)
+
+
+def power_law_spectrum(n, m, gamma=1.0, seed=0):
+    """U diag(10 i^-gamma) V^T: the ESD tail has alpha = 1 + 1/(2 gamma) (1.5 here), entries small."""
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(m, n, generator=g, dtype=torch.float64))
+    return (U * (10.0 * torch.arange(1, n + 1, dtype=torch.float64) ** -gamma)) @ V.T
+
+
+def f32_exact(W):
+    """Weights exactly representable in float32, so weightwatcher's float32 rounding is a no-op."""
+    return W.to(torch.float32).to(torch.float64)
+
+
+def test_smooth_hinge_hand_values():
+    d = torch.tensor([-1.0, 0.0, 0.05, 0.1, 0.5], dtype=torch.float64)
+    h = smooth_hinge(d, 10.0)   # 1/s = 0.1: s d^2/2 inside, d - 0.05 beyond
+    assert torch.allclose(h, torch.tensor([0.0, 0.0, 0.0125, 0.05, 0.45], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_gradcheck_float64(two_sided):
+    W = torch.randn(40, 25, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    pen = SoftAlphaPenalty(target=9.0, beta=0.7, sharpness=3.0, two_sided=two_sided)
+    pen.refit_layer(SpectralLayer("w", W, False))
+    a = pen.layer_alpha(SpectralLayer("w", W, False)).item()
+    assert abs(a - 9.0) > 0.5   # away from the hinge's kink (finite differences straddle it otherwise)
+
+    def f(X):
+        return pen.per_member({"w": pen.layer_alpha(SpectralLayer("w", X, False))}).sum()
+    assert f(W).item() > 0 or two_sided
+    assert torch.autograd.gradcheck(f, (W.clone().requires_grad_(),), eps=1e-6, atol=1e-6)
+
+
+def test_gradcheck_population_stack_and_conv():
+    g = torch.Generator().manual_seed(2)
+    Wk = torch.randn(2, 30, 20, dtype=torch.float64, generator=g)
+    pen = SoftAlphaPenalty(target=20.0, beta=1.0)
+    pen.refit_layer(SpectralLayer("p", Wk, False))
+    assert torch.autograd.gradcheck(
+        lambda X: pen.per_member({"p": pen.layer_alpha(SpectralLayer("p", X, False))}).sum(),
+        (Wk.clone().requires_grad_(),), eps=1e-6, atol=1e-6)
+    Wc = torch.randn(12, 8, 3, 3, dtype=torch.float64, generator=g)
+    pen.refit_layer(SpectralLayer("c", Wc, True))
+    assert torch.autograd.gradcheck(
+        lambda X: pen.per_member({"c": pen.layer_alpha(SpectralLayer("c", X, True))}).sum(),
+        (Wc.clone().requires_grad_(),), eps=1e-6, atol=1e-6)
+
+
+def test_alpha_at_refit_equals_weightwatcher_for_every_layer_kind():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(120, 60, dtype=torch.float64), nn.ReLU(),
+                          nn.Linear(60, 10, dtype=torch.float64),       # 10 eigenvalues: small-N path
+                          nn.Conv2d(16, 24, 3, dtype=torch.float64))
+    with torch.no_grad():
+        model[0].weight.copy_(f32_exact(heavy(60, 120, seed=3)))
+        for m in (model[2], model[3]):
+            m.weight.copy_(f32_exact(m.weight))
+    pen = SoftAlphaPenalty(target=2.0)
+    pen.refit(model)
+    ours = {n: a.item() for n, a in pen.alphas(model).items()}
+    ww = {r["name"]: r["alpha"] for r in ww_reference(model)}
+    assert set(ours) == {"0", "2", "3"}
+    for name in ours:
+        assert ours[name] == pytest.approx(ww[name], rel=1e-9), name
+    assert ours["0"] < 2.0   # the heavy-tailed layer really is below the target
+
+
+def test_alpha_at_refit_equals_the_monitors_alpha_on_population_weights():
+    pop = PopulationMLP([784, 200, 200, 10], seeds=[0, 1])
+    with torch.no_grad():
+        pop.weights[1][1].copy_(heavy(200, 200, seed=4))
+    pen = SoftAlphaPenalty()
+    pen.refit(pop)
+    alphas = pen.alphas(pop)
+    for l, name in enumerate(pop.layer_names()):
+        ref = fit_alpha(pop.weights[l].detach()).alpha           # what the monitor stores
+        assert torch.allclose(alphas[name].detach(), ref, rtol=1e-12, atol=0), name
+
+
+def test_one_sided_penalty_is_zero_with_zero_gradient_when_all_alphas_are_above_target():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(200, 100, dtype=torch.float64), nn.Linear(100, 50, dtype=torch.float64))
+    pen = SoftAlphaPenalty(target=2.0, beta=5.0)
+    value = pen(model)
+    assert all(a.item() > 3 for a in pen.alphas(model).values())   # Gaussian layers: alpha ~ 4-7
+    assert value.item() == 0.0
+    value.backward()
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.parameters())
+
+
+def test_adam_on_the_penalty_raises_weightwatchers_alpha_of_a_heavy_tailed_layer():
+    lin = nn.Linear(150, 100, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        lin.weight.copy_(power_law_spectrum(100, 150))
+    model = nn.Sequential(lin)
+    before = ww_reference(model)[0]["alpha"]
+    assert before < 1.7
+    pen = SoftAlphaPenalty(target=2.0, beta=1.0, refit_every=5)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        pen(model).backward()
+        opt.step()
+    after = ww_reference(model)[0]["alpha"]      # measured by the weightwatcher package
+    assert after > before + 0.3, (before, after)
+
+
+def test_layer_selection_and_errors():
+    pop = PopulationMLP([30, 20, 20, 10], seeds=[0])
+    assert [l.name for l in spectral_layers(pop)] == ["fc1", "fc2", "fc3"]
+    assert [l.name for l in spectral_layers(pop, ["fc2"])] == ["fc2"]
+    with pytest.raises(ValueError, match="unknown layer"):
+        spectral_layers(pop, ["fc9"])
+    with pytest.raises(ValueError, match="sharpness"):
+        SoftAlphaPenalty(sharpness=0)
