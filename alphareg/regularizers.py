@@ -206,8 +206,9 @@ class SoftAlphaHook(TrainingHook):
     """The soft-α penalty inside the engine, with a held gradient (cheap reuse).
 
     Every ``grad_every`` steps (and at step 0) the hook evaluates α̂ of every selected layer
-    without gradient; only layers where some member has a non-zero penalty get a second,
-    differentiable pass whose gradient ∇_W P is cached. Each step adds the cached gradient to the
+    without gradient; only layers where some member has a non-zero penalty get a
+    differentiable pass whose gradient ∇_W P is cached (a layer active at the last refresh skips
+    the check). Each step adds the cached gradient to the
     task gradient (a lagged gradient of P, refreshed every ``grad_every`` steps), so an inactive
     one-sided penalty costs one ``svdvals`` per layer every ``grad_every`` steps. The tail sizes
     are refitted every ``refit_every`` steps (step-based, so a resumed run refits at the same
@@ -224,20 +225,25 @@ class SoftAlphaHook(TrainingHook):
         self.grads: dict[str, Tensor] = {}    # layer name -> cached β∇P (param shape)
 
     def _refresh(self, model: nn.Module, step: int) -> None:
+        """New cached gradients. Layers that were active at the last refresh go straight to the
+        differentiable pass (they usually still are); the others are checked without gradient
+        first and only those that became active get the differentiable pass."""
         pen = self.penalty
         if step % pen.refit_every == 0 or not pen.fits:
             pen.refit(model)
+        layers = {l.name: l for l in spectral_layers(model, pen.layers)}
+        maybe = [n for n in layers if n in self.grads]
         with torch.no_grad():
-            alphas = pen.alphas(model)
-        active = [n for n, a in alphas.items() if float(pen.per_member({n: a}).sum()) > 0]
+            fresh = {n: pen.layer_alpha(layers[n]) for n in layers if n not in self.grads}
+        maybe += [n for n, a in fresh.items() if float(pen.per_member({n: a}).sum()) > 0]
         self.grads = {}
-        if not active:
+        if not maybe:
             return
-        layers = {l.name: l for l in spectral_layers(model, active)}
         with torch.enable_grad():
-            total = pen.per_member(pen.alphas_of(model, active)).sum()
-            grads = torch.autograd.grad(total, [layers[n].param for n in active])
-        self.grads = {n: g.detach() for n, g in zip(active, grads)}
+            per_layer = [pen.per_member({n: pen.layer_alpha(layers[n])}).sum() for n in maybe]
+            grads = torch.autograd.grad(torch.stack(per_layer).sum(),
+                                        [layers[n].param for n in maybe])
+        self.grads = {n: g.detach() for n, g, v in zip(maybe, grads, per_layer) if float(v.detach()) > 0}
 
     def after_backward(self, trainer) -> None:
         model = trainer.model
