@@ -2,6 +2,9 @@
 
 * ``fig1_accuracy.png`` — paper A Figure 1: train and test accuracy against log10 steps, one thin
   line per member and, with K > 1, the member mean in bold.
+* ``fig_alpha_control.png`` — runs with a ``--method``: the alpha the method acts on (penalty's
+  α̂ or the controllers' smoothed alpha) with the target, the penalty value, and every layer's lr
+  and wd, each beside the test accuracy.
 * ``fig5_progress_measures.png`` — paper A Figure 5: l2 norm, activation sparsity, absolute
   weight entropy and approximate local circuit complexity against log steps, beside test
   accuracy so the phases can be read off.
@@ -25,6 +28,7 @@ from .rundir import METRICS, PLOTS  # noqa: E402
 FIG1 = "fig1_accuracy.png"
 FIG5 = "fig5_progress_measures.png"
 FIG4 = "fig4_alpha.png"
+FIG_CONTROL = "fig_alpha_control.png"
 PHASE_COLORS = {"pre-grokking": "#dddddd", "grokking": "#c8e6c9", "anti-grokking": "#ffcdd2"}
 
 
@@ -93,6 +97,44 @@ def plot_progress_measures(df: pd.DataFrame, path: Path, title: str = "") -> Non
     _save(fig, path)
 
 
+def plot_control(df: pd.DataFrame, path: Path, target: float | None = None, title: str = "") -> bool:
+    """Alpha (penalty α̂ / controller EMA), penalty, per-layer lr and wd, each with test accuracy
+    on a right axis. Returns False (nothing drawn) for a run without method columns."""
+    alpha_cols = [c for c in df.columns if c.startswith(("alpha_hat_", "alpha_ema_"))]
+    layer_lr = [c for c in df.columns if c.startswith("lr_fc")]
+    layer_wd = [c for c in df.columns if c.startswith("wd_fc")]
+    varies = any(df[c].nunique() > 1 for c in layer_lr + layer_wd)
+    if not alpha_cols and "penalty" not in df.columns and not varies:
+        return False
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    panels = [("alpha the method sees", [(c, c.split("_", 2)[2] + (" (EMA)" if "ema" in c else ""))
+                                         for c in alpha_cols])]
+    if "penalty" in df.columns:
+        panels.append(("soft-alpha penalty (per member)", [("penalty", "penalty")]))
+    panels += [("learning rate per layer", [(c, c[3:]) for c in layer_lr]),
+               ("weight decay per layer", [(c, c[3:]) for c in layer_wd])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)
+    for ax, (name, series) in zip(axes.flat, panels):
+        for i, (col, label) in enumerate(series):
+            _lines(ax, df, col, label, colors[i % len(colors)])
+        if name.startswith("alpha") and target is not None:
+            ax.axhline(target, color="k", ls=":", lw=1.2, label=f"target {target:g}")
+        ax.set_xscale("log")
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.set_xlabel("steps")
+        ax2 = ax.twinx()
+        _lines(ax2, df, "test_acc", "test acc", "tab:red", "--")
+        ax2.set_ylim(0, 1.02)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="best")
+    fig.suptitle(title or "alpha-guided training")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
 def _shade_phases(ax, phases, member: int = 0) -> None:
     """Background bands of member ``member``'s phase labels (grey / green / red)."""
     mp = next((p for p in phases or [] if p.member == member), None)
@@ -147,6 +189,13 @@ def plot_run(run_path: str | os.PathLike, phases=None) -> list[Path]:
     plot_accuracy(df, out / FIG1, f"{run_path.name}: accuracy (Figure 1)")
     plot_progress_measures(df, out / FIG5, f"{run_path.name}: progress measures (Figure 5)")
     made = [out / FIG1, out / FIG5]
+    cfg_path = run_path / "config.json"
+    target = None
+    if cfg_path.is_file():
+        import json
+        target = json.loads(cfg_path.read_text()).get("config", {}).get("target_alpha")
+    if plot_control(df, out / FIG_CONTROL, target, f"{run_path.name}: alpha-guided training"):
+        made.append(out / FIG_CONTROL)
     htsr_path = run_path / HTSR
     if htsr_path.is_file():
         h = pd.read_csv(htsr_path)

@@ -186,3 +186,45 @@ def test_report_leaves_a_run_in_training_to_its_own_monitor(tmp_path):
     assert not (tmp_path / "live" / "htsr.csv").exists()
     rep = cli(str(tmp_path / "live"), "--no-progress", module="experiments.report")
     assert rep.returncode == 0 and (tmp_path / "live" / "htsr.csv").is_file()
+
+
+def test_alpha_reg_run_records_alpha_penalty_lr_and_wd_and_plots_them(tmp_path):
+    r = cli("--steps", "60", "--lr", "5e-3", "--seeds", "0,1", "--target", "12", "--runs-dir",
+            str(tmp_path), "--name", "ar", "--no-htsr", "--no-snapshots", "--no-progress",
+            "--penalty-grad-every", "5", module="experiments.alpha_reg")
+    assert r.returncode == 0, r.stderr
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "ar" / "metrics.csv")))
+    cfg = json.loads((tmp_path / "ar" / "config.json").read_text())["config"]
+    assert cfg["method"] == "penalty" and cfg["target_alpha"] == 12.0
+    for col in ("alpha_hat_fc1", "alpha_hat_fc2", "alpha_hat_fc3", "penalty", "lr_fc1", "wd_fc3"):
+        assert col in rows[0], col
+    assert any(float(r["penalty"]) > 0 for r in rows)      # target 12: some layer is below it
+    assert (tmp_path / "ar" / "plots" / "fig_alpha_control.png").stat().st_size > 10_000
+
+
+def test_controller_run_changes_layer_lrs(tmp_path):
+    r = cli("--steps", "40", "--method", "lr_controller", "--control-every", "10", "--target", "8",
+            "--runs-dir", str(tmp_path), "--name", "lc", "--no-htsr", "--no-snapshots",
+            "--no-progress", module="experiments.alpha_reg")
+    assert r.returncode == 0, r.stderr
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "lc" / "metrics.csv")))
+    last = rows[-1]
+    assert float(last["lr_fc3"]) < 5e-4          # fc3's alpha (~3.5) is far below 8: lr cut
+    assert "alpha_ema_fc1" in last
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--method", "magic"], "--method"),
+    (["--method", "early_stop"], "--val-per-class"),
+    (["--penalty-layers", "fc7"], "--penalty-layers"),
+    (["--alpha-ema", "1.5"], "--alpha-ema"),
+    (["--lr-bounds", "2,1"], "--lr-bounds"),
+    (["--optimizer", "lookahead"], "--optimizer"),
+])
+def test_alpha_reg_bad_input_is_one_line_exit_2(tmp_path, args, flag):
+    r = cli(*args, "--runs-dir", str(tmp_path), module="experiments.alpha_reg")
+    assert r.returncode == 2
+    assert flag in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not any(tmp_path.iterdir())
