@@ -1,11 +1,12 @@
 """Bring run directories up to date and summarise them:
 
-    python -m experiments.report RUN [RUN ...] [phase-rule flags]
+    python -m experiments.report RUN [RUN ...] [phase-rule flags] [--verdict reports/NAME]
 
 For each run: analyse every weight snapshot the HTSR monitor has not analysed yet (a run killed
 with a backlog, or trained with --no-htsr), label the phases, find the early warning and its
 lead time, write Tables 1/2/4 (``tables.md``), ``phases.csv``, ``summary.json`` and every figure
-(Figures 1, 4, 5; ESD Figures 2 and 3 at the chosen steps), then print the summary.
+(Figures 1, 4, 5; ESD Figures 2 and 3 at the chosen steps), then print the summary. With ``--verdict DIR`` the runs are also compared side by side
+(``alphareg.verdict``: verdict.csv / verdict.md / a figure in DIR).
 """
 import argparse
 import json
@@ -60,6 +61,8 @@ def main(argv=None) -> int:
                    help="the signal must hold for this many consecutive HTSR log points")
     p.add_argument("--no-htsr", action="store_true", help="do not analyse missing snapshots")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--verdict", default=None, metavar="DIR",
+                   help="also write the side-by-side verdict table and figure of the runs to DIR")
     args = p.parse_args(argv)
     rules = PhaseRules(args.onset_fraction, args.collapse_drop, args.alpha_threshold,
                        args.trap_threshold, args.min_train_acc, args.persist)
@@ -79,6 +82,11 @@ def main(argv=None) -> int:
         print(json.dumps({"run": str(path), "snapshots_analysed_now": analysed, **brief}, indent=1))
         if (path / "tables.md").is_file():
             print((path / "tables.md").read_text())
+    if args.verdict and code == 0:
+        from alphareg.verdict import markdown_table, write_verdict
+        rows = write_verdict([Path(r) for r in args.runs], args.verdict)
+        print(markdown_table(rows))
+        print(f"experiments.report: verdict written to {args.verdict}", file=sys.stderr)
     return code
 
 

@@ -228,3 +228,29 @@ def test_alpha_reg_bad_input_is_one_line_exit_2(tmp_path, args, flag):
     assert r.returncode == 2
     assert flag in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_report_verdict_table_traces_to_the_run_directories(tmp_path):
+    import csv
+    for name, extra in (("plain", ["--method", "none"]), ("pen", ["--target", "12"])):
+        r = cli("--steps", "40", "--seeds", "0,1", "--runs-dir", str(tmp_path), "--name", name,
+                "--no-progress", "--lr", "5e-3", "--esd-per-decade", "0", "--ww-per-decade", "0",
+                *extra, module="experiments.alpha_reg")
+        assert r.returncode == 0, r.stderr
+    out = tmp_path / "verdict"
+    r = cli(str(tmp_path / "plain"), str(tmp_path / "pen"), "--verdict", str(out), "--no-progress",
+            module="experiments.report")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(out / "verdict.csv")))
+    assert [(r["method"], r["seed"]) for r in rows] == [("none", "0"), ("none", "1"),
+                                                         ("penalty", "0"), ("penalty", "1")]
+    for row in rows:
+        metrics = [m for m in csv.DictReader(open(tmp_path / row["run"] / "metrics.csv"))
+                   if m["member"] == str(int(row["seed"]))]
+        assert float(row["peak_test_acc"]) == max(float(m["test_acc"]) for m in metrics)
+        assert float(row["final_test_acc"]) == float(metrics[-1]["test_acc"])
+        htsr = [h for h in csv.DictReader(open(tmp_path / row["run"] / "htsr.csv"))
+                if h["member"] == str(int(row["seed"])) and h["step"] == "40"]
+        assert row["end_alpha"] == " ".join(f"{h['layer']}:{float(h['alpha']):.2f}" for h in htsr)
+    assert (out / "verdict.md").read_text().count("\n") == 6
+    assert (out / "verdict_test_acc_alpha.png").stat().st_size > 10_000
