@@ -179,7 +179,9 @@ class Trainer:
                 "torch": torch.__version__}
 
     def load_state_dict(self, sd: dict, source: str = "checkpoint") -> None:
-        diff = ckpt.config_mismatch(sd["config"], self.cfg.trajectory_dict())
+        # fields added after the checkpoint was written take their defaults (= old behaviour)
+        saved_cfg = {**RunConfig().trajectory_dict(), **sd["config"]}
+        diff = ckpt.config_mismatch(saved_cfg, self.cfg.trajectory_dict())
         if diff:
             raise ckpt.CheckpointError(f"{source} belongs to another configuration ({'; '.join(diff)}); "
                                        "use --name NEW or --restart")

@@ -151,3 +151,17 @@ def test_method_runs_get_their_own_directory_names():
     assert a.run_name() != b.run_name() != RunConfig().run_name()
     assert a.run_name() == RunConfig(method="penalty").run_name()
     assert RunConfig(method="penalty", specnorm_beta=3.0).run_name() == a.run_name()  # unused flag
+
+
+def test_checkpoint_from_before_a_config_field_existed_still_resumes(paper_split):
+    cfg = RunConfig(**FAST)
+    tr = Trainer(cfg, data=paper_split)
+    tr.train_steps(3)
+    sd = tr.state_dict()
+    for key in ("method", "penalty_beta", "optimizer", "val_per_class"):
+        del sd["config"][key]          # as written by an older alphareg
+    again = Trainer(cfg, data=paper_split)
+    again.load_state_dict(sd)
+    assert again.step == 3
+    with pytest.raises(Exception, match="another configuration"):
+        Trainer(RunConfig(method="grokfast", **FAST), data=paper_split).load_state_dict(sd)
