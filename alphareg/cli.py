@@ -95,13 +95,21 @@ def add_method_flags(p: argparse.ArgumentParser, default_method: str) -> None:
                    help="early stopping: log points without validation improvement")
     g.add_argument("--min-delta", type=float, default=D.min_delta,
                    help="early stopping: smallest validation-accuracy gain that counts")
+    g = p.add_argument_group("wandb mirror (the run directory stays the source of truth)")
+    g.add_argument("--wandb", action="store_true", help="log every member to wandb (alphareg.tracking)")
+    g.add_argument("--wandb-project", default=D.wandb_project, help="wandb project")
+    g.add_argument("--wandb-entity", default=None, help="wandb entity (team or user)")
+    g.add_argument("--wandb-group", default=None, help="wandb group (default: the run directory's name)")
+    g.add_argument("--wandb-mode", choices=("auto", "online", "offline", "disabled"), default=D.wandb_mode,
+                   help="auto = online when an API key is configured, else offline")
 
 
 METHOD_ARGS = ("optimizer", "momentum", "val_per_class", "method", "target_alpha", "penalty_beta",
                "penalty_sharpness", "penalty_two_sided", "refit_every", "penalty_grad_every",
                "control_every", "alpha_ema", "deadband", "lr_gain", "wd_gain", "lr_rule", "wd_rule",
                "wd_ref", "shuffle_alphas", "grokfast_alpha", "grokfast_lamb", "specnorm_beta",
-               "patience", "min_delta")
+               "patience", "min_delta", "wandb", "wandb_project", "wandb_entity", "wandb_group",
+               "wandb_mode")
 
 
 def build_parser(prog: str, description: str, default_method: str = "none") -> OneLineParser:

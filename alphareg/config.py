@@ -22,7 +22,8 @@ LOSSES = ("mse", "ce")
 NON_TRAJECTORY_FIELDS = frozenset(
     {"steps", "device", "checkpoint_minutes", "plot_minutes", "data_dir", "runs_dir", "name",
      "progress", "log_per_decade", "snapshots", "htsr", "htsr_shuffles", "htsr_seed",
-     "ww_per_decade", "esd_per_decade"}
+     "ww_per_decade", "esd_per_decade", "wandb", "wandb_project", "wandb_entity", "wandb_group",
+     "wandb_mode"}
 )
 
 
@@ -99,6 +100,12 @@ class RunConfig:
     specnorm_beta: float = 0.01
     patience: int = 20              # early stopping: log points without validation improvement
     min_delta: float = 0.0
+    # wandb mirror (alphareg.tracking); the run directory stays the source of truth
+    wandb: bool = False
+    wandb_project: str = "alphareg"
+    wandb_entity: str | None = None
+    wandb_group: str | None = None  # default: the run directory's name
+    wandb_mode: str = "auto"        # auto = online with an API key, else offline
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -231,6 +238,9 @@ class RunConfig:
             raise ConfigError(f"--val-per-class {self.val_per_class} is not allowed; must be >= 0 "
                               f"and with --n-per-class at most 5421 per class")
         comps = parse_method(self.method)   # raises ConfigError
+        from .tracking import MODES
+        if self.wandb_mode not in MODES:
+            raise ConfigError(f"--wandb-mode {self.wandb_mode!r} is unknown; allowed: {', '.join(MODES)}")
         for flag, v in (("--refit-every", self.refit_every), ("--penalty-grad-every", self.penalty_grad_every),
                         ("--control-every", self.control_every), ("--patience", self.patience)):
             _positive_int(flag, v)

@@ -94,6 +94,7 @@ class Trainer:
         self.sampler = EpochSampler(len(self.train_set.y), cfg.batch_size, cfg.seeds)
         self.step = 0
         self.wall_time = 0.0          # seconds spent in this run, summed over resumes
+        self.tracker = None           # wandb mirror during run() (alphareg.tracking)
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ the hot loop
@@ -250,6 +251,9 @@ class Trainer:
             self.save_snapshot()
         self.run_dir.append_metrics(rows)   # metrics first, then the checkpoint (see truncate)
         self.save_checkpoint()
+        if self.tracker is not None:
+            self.tracker.log_metrics(rows)
+            self.tracker.sync_htsr()
         if monitor is not None:
             monitor.submit(self.step)
         return rows
@@ -268,6 +272,7 @@ class Trainer:
         kill_at = int(os.environ.get(KILL_ENV, "-1"))
         points = [p for p in log_points(cfg.steps, cfg.log_per_decade) if p > self.step and p <= target]
         last_ckpt = last_plot = time.monotonic()
+        self.tracker = self._start_tracker()
         monitor = self._start_monitor()
         if self.step == 0 and not self.run_dir.read_metrics():
             rows = self._log_point(monitor)
@@ -312,9 +317,22 @@ class Trainer:
                 self.monitor_errors = monitor.errors
             if not finished:
                 plot_run(self.run_dir.path)
+            if not finished and self.tracker is not None:
+                self.tracker.close()
         write_json_atomic(self.run_dir / SUMMARY, self.summary())
         from .report import finalize_run
-        return finalize_run(self.run_dir.path)
+        summary = finalize_run(self.run_dir.path)
+        if self.tracker is not None:
+            self.tracker.finish(summary)
+        return summary
+
+    def _start_tracker(self):
+        if not self.cfg.wandb:
+            return None
+        from .tracking import WandbMirror
+        cfg = self.cfg
+        return WandbMirror(self.run_dir.path, cfg.to_dict(), cfg.seeds, cfg.wandb_project,
+                           cfg.wandb_entity, cfg.wandb_group, cfg.wandb_mode)
 
     def _start_monitor(self):
         if not self.cfg.htsr:
