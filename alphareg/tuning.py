@@ -1,0 +1,264 @@
+"""Optuna studies over the penalty / controller hyper-parameters, selected on validation data.
+
+Search spaces are declared once (``SEARCH_SPACES``, one entry per ``--method`` component) and can
+be overridden per parameter (``parse_space_override``: ``name=log:lo:hi``, ``name=float:lo:hi``,
+``name=int:lo:hi``, ``name=cat:a,b,c``, ``name=fixed:value``).
+
+Objective (``late_window_objective``), on the validation split (``--val-per-class``; never the
+test set): the *minimum* validation accuracy over the log points at or after ``late_from`` steps
+(default 10^6 for the paper configuration: the collapse happens late, so the worst late value is
+what a method must keep high), and a collapse flag: validation accuracy fell ``collapse_drop`` below
+its own peak by the end. With ``multi_objective`` the wall time is a second objective (minimised).
+Intermediate values (validation accuracy) are reported at every log point. Pruning is off by
+default: the quantity of interest only exists after ``late_from``, and a pruner that judged
+trials earlier would remove exactly the runs that grok late and stay high. ``LatePruner`` wraps a
+median pruner so that it only acts on steps >= ``late_from``.
+
+Storage by URL (``make_storage``): ``sqlite:///path.db`` (default ``studies/<study>.db``),
+``postgresql://user:pw@host:port/db`` (Optuna's RDB storage; many workers on many machines), and
+``journal:///path.log`` (Optuna's JournalStorage on a file with a lock: many processes on one
+machine or a shared file system). A trial that raises is recorded as FAIL and the study goes on;
+Ctrl-C fails the running trial, leaves the storage consistent and the same command resumes the
+study (its trials count towards ``n_trials``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from .config import ConfigError, RunConfig
+from .hooks import TrainingHook
+
+#: name -> (kind, low, high[, ...]) per --method component
+SEARCH_SPACES: dict[str, dict[str, tuple]] = {
+    "penalty": {"penalty_beta": ("log", 1e-4, 1e-1), "target_alpha": ("float", 1.5, 3.0),
+                "penalty_sharpness": ("log", 1.0, 100.0)},
+    "lr_controller": {"lr_gain": ("log", 0.1, 10.0), "target_alpha": ("float", 1.5, 3.0),
+                      "deadband": ("float", 0.0, 0.5), "alpha_ema": ("float", 0.0, 0.95)},
+    "wd_controller": {"wd_gain": ("log", 0.1, 10.0), "wd_ref": ("log", 1e-3, 1e-1),
+                      "target_alpha": ("float", 1.5, 3.0), "deadband": ("float", 0.0, 0.5)},
+    "grokfast": {"grokfast_alpha": ("float", 0.8, 0.99), "grokfast_lamb": ("log", 0.1, 5.0)},
+    "spectral_norm": {"specnorm_beta": ("log", 1e-4, 1e-1)},
+    "weight_decay": {"wd_ref": ("log", 1e-4, 1e-1)},
+}
+KINDS = ("log", "float", "int", "cat", "fixed")
+
+
+def default_space(method: str) -> dict[str, tuple]:
+    from .methods import parse_method
+    space: dict[str, tuple] = {}
+    for comp in parse_method(method):
+        space.update(SEARCH_SPACES.get(comp, {}))
+    return space
+
+
+def parse_space_override(text: str) -> tuple[str, tuple]:
+    """``name=kind:args`` -> (name, spec); ConfigError naming ``--space`` otherwise."""
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    try:
+        name, spec = text.split("=", 1)
+        kind, args = spec.split(":", 1)
+    except ValueError:
+        raise ConfigError(f"--space {text!r} is not name=kind:args (e.g. penalty_beta=log:1e-4:1e-1)") from None
+    if name not in fields:
+        raise ConfigError(f"--space {text!r}: {name!r} is not a config field")
+    if kind not in KINDS:
+        raise ConfigError(f"--space {text!r}: kind {kind!r} unknown; allowed: {', '.join(KINDS)}")
+    try:
+        if kind in ("log", "float"):
+            lo, hi = (float(x) for x in args.split(":"))
+            if not lo < hi or (kind == "log" and lo <= 0):
+                raise ValueError
+            return name, (kind, lo, hi)
+        if kind == "int":
+            lo, hi = (int(x) for x in args.split(":"))
+            if not lo < hi:
+                raise ValueError
+            return name, (kind, lo, hi)
+        if kind == "cat":
+            return name, (kind, *[_literal(x) for x in args.split(",")])
+        return name, (kind, _literal(args))
+    except ValueError:
+        raise ConfigError(f"--space {text!r}: bad bounds for kind {kind} (lo < hi, log needs lo > 0)") from None
+
+
+def _literal(x: str):
+    for conv in (int, float):
+        try:
+            return conv(x)
+        except ValueError:
+            pass
+    return x
+
+
+def suggest(trial: optuna.Trial, space: dict[str, tuple]) -> dict[str, Any]:
+    out = {}
+    for name, spec in space.items():
+        kind = spec[0]
+        if kind == "log":
+            out[name] = trial.suggest_float(name, spec[1], spec[2], log=True)
+        elif kind == "float":
+            out[name] = trial.suggest_float(name, spec[1], spec[2])
+        elif kind == "int":
+            out[name] = trial.suggest_int(name, spec[1], spec[2])
+        elif kind == "cat":
+            out[name] = trial.suggest_categorical(name, list(spec[1:]))
+        else:
+            out[name] = spec[1]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+def late_window_objective(rows: list[dict], member: int, late_from: int,
+                          collapse_drop: float = 0.05) -> tuple[float, bool, bool]:
+    """(min validation accuracy over steps >= late_from, collapsed?, window reached?).
+
+    If the run never reached ``late_from`` the minimum over its last log point is used and the
+    third value is False (the trial is marked as such in its user attributes)."""
+    mine = sorted((r for r in rows if int(r["member"]) == member), key=lambda r: int(r["step"]))
+    if not mine or "val_acc" not in mine[0]:
+        raise ValueError("the run has no validation accuracy (needs --val-per-class > 0)")
+    vals = [(int(r["step"]), float(r["val_acc"])) for r in mine]
+    late = [v for s, v in vals if s >= late_from]
+    reached = bool(late)
+    window = late if late else [vals[-1][1]]
+    peak = max(v for _, v in vals)
+    collapsed = peak - vals[-1][1] >= collapse_drop
+    return min(window), collapsed, reached
+
+
+class LatePruner(optuna.pruners.BasePruner):
+    """``MedianPruner`` that never prunes a trial before step ``late_from``."""
+
+    def __init__(self, late_from: int, n_startup_trials: int = 5):
+        self.late_from = late_from
+        self.inner = optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials)
+
+    def prune(self, study, trial) -> bool:
+        step = trial.last_step
+        if step is None or step < self.late_from:
+            return False
+        return self.inner.prune(study, trial)
+
+
+def make_storage(url: str):
+    """Optuna storage from a URL: sqlite:///, postgresql://, journal:///path."""
+    if url.startswith("journal://"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+        path = url[len("journal://"):]
+        if not path:
+            raise ConfigError(f"--storage {url!r}: give journal:///path/to/study.log")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(path))
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    if url.startswith(("postgresql://", "postgresql+psycopg2://", "mysql://")):
+        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    raise ConfigError(f"--storage {url!r} is not supported; use sqlite:///FILE.db, "
+                      "postgresql://USER:PW@HOST:PORT/DB or journal:///FILE.log")
+
+
+# ---------------------------------------------------------------------------------------------
+class _Reporter(TrainingHook):
+    """Training hook: reports member 0's validation accuracy at log points; prunes if told."""
+
+    name = "optuna_reporter"
+
+    def __init__(self, trial: optuna.Trial):
+        self.trial = trial
+
+    def at_log_point(self, trainer, rows):
+        if "val_acc" in rows[0] and trainer.step > 0 and len(self.trial.study.directions) == 1:
+            self.trial.report(float(rows[0]["val_acc"]), trainer.step)
+            if self.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {trainer.step}")
+        return {}
+
+
+@dataclasses.dataclass
+class StudySpec:
+    base: RunConfig                 # the run configuration every trial starts from
+    space: dict[str, tuple]
+    late_from: int
+    collapse_drop: float = 0.05
+    multi_objective: bool = False
+    runs_dir: str = "studies/runs"
+
+
+def run_trial(trial: optuna.Trial, spec: StudySpec) -> Any:
+    """Train one trial (a run directory of its own) and return its objective value(s)."""
+    from .data import paper_data
+    from .engine import Interrupted, Trainer, resolve_device
+    from .rundir import RunDir
+
+    import torch
+
+    params = suggest(trial, spec.space)
+    cfg = dataclasses.replace(spec.base, **params, runs_dir=spec.runs_dir,
+                              name=f"{trial.study.study_name}-trial{trial.number:04d}", progress=False)
+    cfg.validate()
+    run_dir = RunDir(cfg)
+    run_dir.check(restart=True)
+    data = paper_data(cfg.n_per_class, cfg.data_seed, getattr(torch, cfg.dtype),
+                      resolve_device(cfg.device), cfg.data_dir)
+    trainer = Trainer(cfg, run_dir, data)
+    trainer.hooks.append(_Reporter(trial))
+    trial.set_user_attr("run_dir", str(run_dir.path))
+    t0 = time.perf_counter()
+    with run_dir.lock():
+        run_dir.create(data[2], restart=True)
+        try:
+            trainer.run()
+        except Interrupted:
+            raise KeyboardInterrupt from None    # optuna fails the trial and stops the study
+    value, collapsed, reached = late_window_objective(run_dir.read_metrics(), 0, spec.late_from,
+                                                      spec.collapse_drop)
+    trial.set_user_attr("collapsed", collapsed)
+    trial.set_user_attr("late_window_reached", reached)
+    wall = time.perf_counter() - t0
+    trial.set_user_attr("wall_time_s", wall)
+    if not math.isfinite(value):
+        raise ValueError(f"objective is {value}")
+    return (value, wall) if spec.multi_objective else value
+
+
+def create_or_load(study_name: str, storage_url: str, multi_objective: bool, seed: int = 0):
+    storage = make_storage(storage_url)
+    directions = ["maximize", "minimize"] if multi_objective else ["maximize"]
+    return optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
+                               directions=directions,
+                               sampler=optuna.samplers.TPESampler(seed=seed))
+
+
+def optimize(study: optuna.Study, spec: StudySpec, n_trials: int) -> None:
+    """Run trials until the study holds ``n_trials`` finished ones (complete, pruned or failed),
+    counted over every worker; a failing trial is recorded and the loop goes on."""
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    if len(study.get_trials(deepcopy=False, states=done)) >= n_trials:
+        return
+    study.optimize(lambda t: run_trial(t, spec), catch=(Exception,),
+                   callbacks=[MaxTrialsCallback(n_trials, states=done)])
+
+
+def study_summary(study: optuna.Study) -> str:
+    """Counts by state and the best trial(s) with their parameters and validation objective."""
+    from collections import Counter
+    states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    lines = [f"study {study.study_name}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))]
+    try:
+        best = study.best_trials
+    except ValueError:
+        best = []
+    for t in best:
+        lines.append(f"best trial {t.number}: objective {t.values} params {t.params} "
+                     f"collapsed={t.user_attrs.get('collapsed')} run={t.user_attrs.get('run_dir')}")
+    return "\n".join(lines)
