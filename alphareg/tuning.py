@@ -159,7 +159,7 @@ def make_storage(url: str):
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    if url.startswith(("postgresql://", "postgresql+psycopg2://", "mysql://")):
+    if url.startswith(("postgresql://", "postgresql+", "mysql://", "mysql+")):   # SQLAlchemy URLs
         return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
     raise ConfigError(f"--storage {url!r} is not supported; use sqlite:///FILE.db, "
                       "postgresql://USER:PW@HOST:PORT/DB or journal:///FILE.log")
