@@ -262,3 +262,43 @@ def study_summary(study: optuna.Study) -> str:
         lines.append(f"best trial {t.number}: objective {t.values} params {t.params} "
                      f"collapsed={t.user_attrs.get('collapsed')} run={t.user_attrs.get('run_dir')}")
     return "\n".join(lines)
+
+
+def write_study_report(study: optuna.Study, out_dir: str | Path) -> Path:
+    """``study.md`` (state counts, best trials, parameter importances, every trial) and Optuna's
+    optimisation-history and importance figures into ``out_dir``; returns the Markdown path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as ovm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    lines = [f"# Study `{study.study_name}`", "", study_summary(study), ""]
+    single = len(study.directions) == 1
+    if single and len(complete) >= 2 and len(complete[0].params) >= 1:
+        imp = optuna.importance.get_param_importances(study)
+        lines += ["## Parameter importances (fANOVA)", "", "| parameter | importance |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in imp.items()]
+        lines.append("")
+        for name, fn in (("optimization_history.png", ovm.plot_optimization_history),
+                         ("param_importances.png", ovm.plot_param_importances)):
+            ax = fn(study)
+            fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+            fig.savefig(out / name, dpi=110, bbox_inches="tight")
+            plt.close(fig)
+        lines += ["![history](optimization_history.png)", "![importances](param_importances.png)", ""]
+    names = sorted({p for t in study.trials for p in t.params})
+    lines += ["## Trials", "", "| # | state | objective | collapsed | " + " | ".join(names) + " | run |",
+              "|" + "---|" * (len(names) + 5)]
+    for t in study.trials:
+        val = "–" if t.values is None else ", ".join(f"{v:.4f}" for v in t.values)
+        lines.append(f"| {t.number} | {t.state.name} | {val} | {t.user_attrs.get('collapsed', '–')} | "
+                     + " | ".join(f"{t.params[n]:.4g}" if isinstance(t.params.get(n), float)
+                                  else str(t.params.get(n, "–")) for n in names)
+                     + f" | {t.user_attrs.get('run_dir', '–')} |")
+    md = out / "study.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md

@@ -46,7 +46,10 @@ def main(argv=None) -> int:
     d = PhaseRules()
     p = argparse.ArgumentParser(prog="experiments.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="run directories (runs/<name>)")
+    p.add_argument("runs", nargs="*", help="run directories (runs/<name>)")
+    p.add_argument("--study", default=None, help="also report this Optuna study (needs --storage) into --out")
+    p.add_argument("--storage", default=None, help="the study's storage URL (sqlite:///, postgresql://, journal://)")
+    p.add_argument("--out", default=None, help="folder of the study report (default reports/study_<name>)")
     p.add_argument("--onset-fraction", type=float, default=d.onset_fraction,
                    help="grokking starts when test acc has risen this fraction of the way to its peak")
     p.add_argument("--collapse-drop", type=float, default=d.collapse_drop,
@@ -67,6 +70,20 @@ def main(argv=None) -> int:
     rules = PhaseRules(args.onset_fraction, args.collapse_drop, args.alpha_threshold,
                        args.trap_threshold, args.min_train_acc, args.persist)
     code = 0
+    if not args.runs and not args.study:
+        p.error("give run directories and/or --study NAME --storage URL")
+    if args.study:
+        import optuna
+        from alphareg.tuning import make_storage, write_study_report
+        if not args.storage:
+            p.error("--study needs --storage URL")
+        try:
+            study = optuna.load_study(study_name=args.study, storage=make_storage(args.storage))
+        except (KeyError, ConfigError) as e:
+            print(f"experiments.report: error: no study {args.study!r} in {args.storage} ({e})", file=sys.stderr)
+            return 2
+        md = write_study_report(study, args.out or f"reports/study_{args.study}")
+        print(md.read_text())
     for run in args.runs:
         path = Path(run)
         if not (path / METRICS).is_file():

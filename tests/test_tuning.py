@@ -158,3 +158,28 @@ def test_ctrl_c_leaves_the_storage_consistent_and_the_study_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     study = optuna.load_study(study_name="ctrlc", storage=f"sqlite:///{tmp_path}/c.db")
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+
+
+def test_study_report_has_importances_history_and_every_trial(tmp_path):
+    import random
+    from alphareg.tuning import write_study_report
+    rng = random.Random(0)
+    study = optuna.create_study(study_name="toy", direction="maximize",
+                                storage=f"sqlite:///{tmp_path}/toy.db",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):   # objective depends on beta only: its importance must dominate
+        t = study.ask()
+        b = t.suggest_float("penalty_beta", 1e-4, 1e-1, log=True)
+        t.suggest_float("target_alpha", 1.5, 3.0)
+        t.set_user_attr("collapsed", b < 1e-2)
+        study.tell(t, __import__("math").log10(b) + rng.random() * 1e-3)
+    r = subprocess.run([sys.executable, "-m", "experiments.report", "--study", "toy", "--storage",
+                        f"sqlite:///{tmp_path}/toy.db", "--out", str(tmp_path / "rep")],
+                       cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, MPLBACKEND="Agg"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    md = (tmp_path / "rep" / "study.md").read_text()
+    rows = [l for l in md.splitlines() if l.startswith("| penalty_beta") or l.startswith("| target_alpha")]
+    assert rows[0].startswith("| penalty_beta")            # the important one first
+    assert md.count("| COMPLETE |") == 20
+    for png in ("optimization_history.png", "param_importances.png"):
+        assert (tmp_path / "rep" / png).stat().st_size > 5_000
