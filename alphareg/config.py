@@ -27,6 +27,11 @@ NON_TRAJECTORY_FIELDS = frozenset(
 )
 
 
+#: method fields that may differ between the members of one population (see ``method_value``)
+PER_MEMBER_FIELDS = ("target_alpha", "penalty_beta", "penalty_sharpness", "alpha_ema", "deadband",
+                     "lr_gain", "wd_gain", "wd_ref")
+
+
 class ConfigError(ValueError):
     """Bad user input. ``str(err)`` is a one-line message naming the flag and what is allowed."""
 
@@ -100,6 +105,8 @@ class RunConfig:
     specnorm_beta: float = 0.01
     patience: int = 20              # early stopping: log points without validation improvement
     min_delta: float = 0.0
+    # per-member values of method fields (one dict per member; a population of Optuna trials)
+    member_overrides: tuple[dict, ...] = ()
     # wandb mirror (alphareg.tracking); the run directory stays the source of truth
     wandb: bool = False
     wandb_project: str = "alphareg"
@@ -118,6 +125,14 @@ class RunConfig:
 
     def member_wds(self) -> list[float]:
         return _broadcast(self.wd, self.K)
+
+    def method_value(self, name: str):
+        """A method field's value: the scalar, or one value per member when any member
+        overrides it (``member_overrides``)."""
+        base = getattr(self, name)
+        if not any(name in o for o in self.member_overrides):
+            return base
+        return [o.get(name, base) for o in self.member_overrides]
 
     def layer_sizes(self) -> list[int]:
         return [784, *self.hidden, 10]
@@ -154,6 +169,8 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"unknown config keys {sorted(unknown)}; allowed: {sorted(names)}")
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        if "member_overrides" in kw:
+            kw["member_overrides"] = tuple(dict(o) for o in kw["member_overrides"])
         return cls(**kw)
 
     def trajectory_dict(self) -> dict[str, Any]:
@@ -176,7 +193,7 @@ class RunConfig:
                               "smallest MNIST class; allowed: 1..5421")
         if not self.seeds:
             raise ConfigError("--seeds is empty; give one or more integers, e.g. --seeds 0,1,2")
-        if len(set(self.seeds)) != len(self.seeds):
+        if len(set(self.seeds)) != len(self.seeds) and not self.member_overrides:
             raise ConfigError(f"--seeds {_fmt(self.seeds)} repeats a seed; members must differ")
         for flag, vals in (("--lr", self.lr), ("--wd", self.wd)):
             if len(vals) not in (1, self.K):
@@ -238,6 +255,14 @@ class RunConfig:
             raise ConfigError(f"--val-per-class {self.val_per_class} is not allowed; must be >= 0 "
                               f"and with --n-per-class at most 5421 per class")
         comps = parse_method(self.method)   # raises ConfigError
+        if self.member_overrides:
+            if len(self.member_overrides) != self.K:
+                raise ConfigError(f"member_overrides has {len(self.member_overrides)} entries for "
+                                  f"{self.K} members")
+            bad = {k for o in self.member_overrides for k in o} - set(PER_MEMBER_FIELDS)
+            if bad:
+                raise ConfigError(f"{sorted(bad)} cannot differ between population members; "
+                                  f"per-member fields: {', '.join(PER_MEMBER_FIELDS)}")
         from .tracking import MODES
         if self.wandb_mode not in MODES:
             raise ConfigError(f"--wandb-mode {self.wandb_mode!r} is unknown; allowed: {', '.join(MODES)}")

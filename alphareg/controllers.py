@@ -57,6 +57,13 @@ def minmax_multiplier(alpha: Tensor, lo: float, hi: float) -> Tensor:
     return lo + (hi - lo) * frac
 
 
+def _per_member(v):
+    """float -> float; a sequence -> (K,) float64 tensor (broadcasts over (layers, K))."""
+    if isinstance(v, (list, tuple, Tensor)):
+        return torch.as_tensor([float(x) for x in v], dtype=torch.float64)
+    return float(v)
+
+
 class AlphaController(TrainingHook):
     """Sets per-layer lr (``kind='lr'``) or wd (``kind='wd'``) from alpha every ``every`` steps."""
 
@@ -68,10 +75,12 @@ class AlphaController(TrainingHook):
             raise ValueError(f"kind must be 'lr' or 'wd', got {kind!r}")
         if rule not in RULES[kind]:
             raise ValueError(f"the {kind} controller's rule must be one of {RULES[kind]}, got {rule!r}")
-        self.kind, self.rule, self.target = kind, rule, float(target)
-        self.every, self.ema, self.band, self.gain = int(every), float(ema), float(band), float(gain)
+        # target, ema, band, gain, wd_ref: a float or one value per member (Optuna populations)
+        per = _per_member
+        self.kind, self.rule, self.target = kind, rule, per(target)
+        self.every, self.ema, self.band, self.gain = int(every), per(ema), per(band), per(gain)
         self.bounds = tuple(bounds) if bounds is not None else DEFAULT_BOUNDS[(kind, rule)]
-        self.wd_ref, self.shuffle, self.seed = float(wd_ref), bool(shuffle), int(seed)
+        self.wd_ref, self.shuffle, self.seed = per(wd_ref), bool(shuffle), int(seed)
         self.name = f"{kind}_controller"
         self.alpha_ema: Tensor | None = None        # (layers, members)
         self.mult: Tensor | None = None             # (layers, members)
@@ -90,8 +99,9 @@ class AlphaController(TrainingHook):
         lo, hi = self.bounds
         nan = torch.isnan(a)
         if self.rule == "anchored":
-            mu = anchored_multiplier(torch.where(nan, torch.full_like(a, self.target), a),
-                                     self.target, self.gain, self.band, lo, hi, self.kind)
+            target = torch.as_tensor(self.target, dtype=a.dtype).expand_as(a)
+            mu = anchored_multiplier(torch.where(nan, target, a), target, self.gain, self.band,
+                                     lo, hi, self.kind)
         else:
             filled = torch.where(nan, torch.nanmean(a, 0, keepdim=True).expand_as(a), a)
             mu = minmax_multiplier(filled, lo, hi)
@@ -118,8 +128,8 @@ class AlphaController(TrainingHook):
         values = opt.lr if self.kind == "lr" else opt.wd
         if self.base is None:
             self.base = (torch.as_tensor(trainer.cfg.member_lrs(), dtype=torch.float64)
-                         if self.kind == "lr" else torch.full((trainer.model.K,), self.wd_ref,
-                                                              dtype=torch.float64))
+                         if self.kind == "lr" else
+                         torch.as_tensor(self.wd_ref, dtype=torch.float64).expand(trainer.model.K).clone())
         for l, (wi, bi) in enumerate(layer_param_indices(trainer)):
             new = (self.base * self.mult[l]).to(values[wi].dtype).to(values[wi].device)
             values[wi].copy_(new)

@@ -73,7 +73,8 @@ def build_hooks(cfg) -> list:
     for comp in parse_method(cfg.method):
         if comp == "penalty":
             from .regularizers import SoftAlphaHook, SoftAlphaPenalty
-            pen = SoftAlphaPenalty(cfg.target_alpha, cfg.penalty_beta, cfg.penalty_sharpness,
+            v = cfg.method_value
+            pen = SoftAlphaPenalty(v("target_alpha"), v("penalty_beta"), v("penalty_sharpness"),
                                    cfg.penalty_two_sided, list(cfg.penalty_layers) or None,
                                    cfg.refit_every)
             hooks.append(SoftAlphaHook(pen, cfg.penalty_grad_every))
@@ -93,12 +94,15 @@ def build_hooks(cfg) -> list:
             if ("tempbalance" if kind == "lr" else "alphadecay") in parts:
                 rule = "tempbalance" if kind == "lr" else "alphadecay"
             bounds = cfg.lr_bounds if kind == "lr" else cfg.wd_bounds
+            v = cfg.method_value
             hooks.append(AlphaController(
-                kind, rule, cfg.target_alpha, cfg.control_every, cfg.alpha_ema, cfg.deadband,
-                cfg.lr_gain if kind == "lr" else cfg.wd_gain, tuple(bounds) or None, cfg.wd_ref,
+                kind, rule, v("target_alpha"), cfg.control_every, v("alpha_ema"), v("deadband"),
+                v("lr_gain") if kind == "lr" else v("wd_gain"), tuple(bounds) or None, v("wd_ref"),
                 cfg.shuffle_alphas, cfg.seeds[0]))
         elif comp == "weight_decay":
             from baselines.weight_decay import WeightDecay
+            if isinstance(cfg.method_value("wd_ref"), list):
+                raise ConfigError("weight_decay's wd_ref cannot differ between members: use --wd per member")
             hooks.append(WeightDecay(cfg.wd_ref))
         elif comp == "early_stop":
             from baselines.early_stopping import EarlyStopping

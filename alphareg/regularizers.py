@@ -107,9 +107,24 @@ def log_spectrum(layer: SpectralLayer) -> Tensor:
     return torch.log(spectrum(layer).clamp_min(TINY))
 
 
-def smooth_hinge(d: Tensor, sharpness: float) -> Tensor:
-    """H_s(d): 0 for d <= 0, s d²/2 on (0, 1/s), d − 1/(2s) beyond (C¹, slope <= 1)."""
-    s = float(sharpness)
+def _as_list(v) -> list[float]:
+    return [float(x) for x in v] if isinstance(v, (list, tuple, Tensor)) else [float(v)]
+
+
+def _scalar_or_tensor(v):
+    vals = _as_list(v)
+    return vals[0] if not isinstance(v, (list, tuple, Tensor)) else torch.tensor(vals, dtype=torch.float64)
+
+
+def _on(v, like: Tensor):
+    """A float as is; a per-member tensor on ``like``'s device and dtype."""
+    return v.to(like.device, like.dtype) if isinstance(v, Tensor) else v
+
+
+def smooth_hinge(d: Tensor, sharpness) -> Tensor:
+    """H_s(d): 0 for d <= 0, s d²/2 on (0, 1/s), d − 1/(2s) beyond (C¹, slope <= 1).
+    ``sharpness``: a float or a tensor broadcastable to d (one s per member)."""
+    s = sharpness
     zero = torch.zeros_like(d)
     return torch.where(d <= 0, zero, torch.where(d < 1.0 / s, 0.5 * s * d * d, d - 0.5 / s))
 
@@ -129,14 +144,16 @@ class SoftAlphaPenalty:
     :meth:`__call__` (1 = every call). ``layers``: names to act on (None = all).
     """
 
-    def __init__(self, target: float = 2.0, beta: float = 0.1, sharpness: float = 10.0,
+    def __init__(self, target=2.0, beta=0.1, sharpness=10.0,
                  two_sided: bool = False, layers: Sequence[str] | None = None,
                  refit_every: int = 100):
-        if not sharpness > 0:
+        if not min(_as_list(sharpness)) > 0:
             raise ValueError(f"sharpness must be > 0, got {sharpness}")
         if not refit_every >= 1:
             raise ValueError(f"refit_every must be >= 1, got {refit_every}")
-        self.target, self.beta, self.sharpness = float(target), float(beta), float(sharpness)
+        # a float, or one value per population member (a population of Optuna trials)
+        self.target, self.beta, self.sharpness = _scalar_or_tensor(target), _scalar_or_tensor(beta), \
+            _scalar_or_tensor(sharpness)
         self.two_sided, self.layers, self.refit_every = bool(two_sided), layers, int(refit_every)
         self.fits: dict[str, TailFit] = {}
         self.calls = 0
@@ -178,11 +195,11 @@ class SoftAlphaPenalty:
         """Penalty of each member (members,), summed over layers; NaN alphas contribute 0."""
         total = None
         for a in alphas.values():
-            d = self.target - a
-            h = smooth_hinge(d.abs() if self.two_sided else d, self.sharpness)
+            d = _on(self.target, a) - a
+            h = smooth_hinge(d.abs() if self.two_sided else d, _on(self.sharpness, a))
             h = torch.where(torch.isnan(a), torch.zeros_like(h), h)
             total = h if total is None else total + h
-        return self.beta * total
+        return _on(self.beta, total) * total
 
     # ------------------------------------------------------------------ the loss term
     def __call__(self, model: nn.Module) -> Tensor:

@@ -165,3 +165,26 @@ def test_checkpoint_from_before_a_config_field_existed_still_resumes(paper_split
     assert again.step == 3
     with pytest.raises(Exception, match="another configuration"):
         Trainer(RunConfig(method="grokfast", **FAST), data=paper_split).load_state_dict(sd)
+
+
+@pytest.mark.parametrize("method, field, values", [("penalty", "target_alpha", (10.0, 6.0)),
+                                                    ("penalty", "penalty_beta", (0.5, 0.01)),
+                                                    ("lr_controller", "lr_gain", (0.1, 0.2)),
+                                                    ("wd_controller", "wd_ref", (0.05, 0.001))])
+def test_members_with_their_own_method_values_equal_separate_runs(paper_split, method, field, values):
+    base = {k: v for k, v in FAST.items() if k != "seeds"}
+    pop = Trainer(RunConfig(method=method, seeds=(3, 3), **base,
+                            member_overrides=tuple({field: v} for v in values)), data=paper_split)
+    pop.train_steps(15)
+    for k, v in enumerate(values):
+        one = Trainer(RunConfig(method=method, seeds=(3,), **{**base, field: v}), data=paper_split)
+        one.train_steps(15)
+        for a, b in zip(pop.model.parameters(), one.model.parameters()):
+            assert torch.allclose(a[k], b[0], rtol=0, atol=1e-12), (field, k)
+    assert any(not torch.equal(p[0], p[1]) for p in pop.model.parameters())   # members differ
+
+
+def test_member_overrides_only_for_per_member_fields():
+    with pytest.raises(ConfigError, match="cannot differ"):
+        RunConfig(seeds=(0, 1), method="penalty",
+                  member_overrides=({"refit_every": 5}, {"refit_every": 7})).validate()
