@@ -201,6 +201,7 @@ def run_trial(trial: optuna.Trial, spec: StudySpec) -> Any:
     import torch
 
     params = suggest(trial, spec.space)
+    params.update({k: (float(params[k]),) for k in ("lr", "wd") if k in params})   # tuples in RunConfig
     cfg = dataclasses.replace(spec.base, **params, runs_dir=spec.runs_dir,
                               name=f"{trial.study.study_name}-trial{trial.number:04d}", progress=False)
     cfg.validate()
@@ -302,3 +303,101 @@ def write_study_report(study: optuna.Study, out_dir: str | Path) -> Path:
     md = out / "study.md"
     md.write_text("\n".join(lines) + "\n")
     return md
+
+
+# ---------------------------------------------------------------------------------------------
+# several trials as one population (ask / tell)
+# ---------------------------------------------------------------------------------------------
+class _PopulationReporter(TrainingHook):
+    """Reports every member's validation accuracy to its own trial at log points (no pruning:
+    one member cannot leave a lockstep population)."""
+
+    name = "optuna_population_reporter"
+
+    def __init__(self, trials):
+        self.trials = trials
+
+    def at_log_point(self, trainer, rows):
+        if "val_acc" in rows[0] and trainer.step > 0:
+            for t, row in zip(self.trials, rows):
+                if len(t.study.directions) == 1:
+                    t.report(float(row["val_acc"]), trainer.step)
+        return {}
+
+
+def run_population(study: optuna.Study, spec: StudySpec, size: int) -> list[int]:
+    """Ask ``size`` trials, train them in lockstep as one population (every member with the base
+    seed, its own parameters via ``member_overrides``; ``lr``/``wd`` may be searched too), tell
+    each trial its member's objective. Returns the trial numbers. Parameters that cannot differ
+    between members (``PER_MEMBER_FIELDS`` plus lr, wd) raise ConfigError before training."""
+    from optuna.trial import TrialState
+
+    from .config import PER_MEMBER_FIELDS
+    from .data import paper_data
+    from .engine import Interrupted, Trainer, resolve_device
+    from .rundir import RunDir
+
+    import torch
+
+    allowed = set(PER_MEMBER_FIELDS) | {"lr", "wd"}
+    bad = sorted(set(spec.space) - allowed)
+    if bad:
+        raise ConfigError(f"--population: {bad} cannot differ within a population; per-member "
+                          f"parameters: {', '.join(sorted(allowed))} (or use --population 1)")
+    trials = [study.ask() for _ in range(size)]
+    params = [suggest(t, spec.space) for t in trials]
+    overrides = tuple({k: v for k, v in p.items() if k not in ("lr", "wd")} for p in params)
+    extra = {}
+    for key in ("lr", "wd"):
+        if any(key in p for p in params):
+            base = getattr(spec.base, key)[0]
+            extra[key] = tuple(float(p.get(key, base)) for p in params)
+    name = f"{study.study_name}-pop{trials[0].number:04d}-{trials[-1].number:04d}"
+    try:
+        cfg = dataclasses.replace(spec.base, **extra, seeds=(spec.base.seeds[0],) * size,
+                                  member_overrides=overrides, runs_dir=spec.runs_dir, name=name,
+                                  progress=False)
+        cfg.validate()
+        run_dir = RunDir(cfg)
+        run_dir.check(restart=True)
+        data = paper_data(cfg.n_per_class, cfg.data_seed, getattr(torch, cfg.dtype),
+                          resolve_device(cfg.device), cfg.data_dir)
+        trainer = Trainer(cfg, run_dir, data)
+        trainer.hooks.append(_PopulationReporter(trials))
+        t0 = time.perf_counter()
+        with run_dir.lock():
+            run_dir.create(data[2], restart=True)
+            try:
+                trainer.run()
+            except Interrupted:
+                raise KeyboardInterrupt from None
+        wall = (time.perf_counter() - t0) / size
+        rows = run_dir.read_metrics()
+        for k, t in enumerate(trials):
+            value, collapsed, reached = late_window_objective(rows, k, spec.late_from, spec.collapse_drop)
+            for key, v in (("collapsed", collapsed), ("late_window_reached", reached),
+                           ("wall_time_s", wall), ("run_dir", str(run_dir.path)), ("member", k)):
+                t.set_user_attr(key, v)
+            study.tell(t, (value, wall) if spec.multi_objective else value)
+    except KeyboardInterrupt:
+        for t in trials:
+            study.tell(t, state=TrialState.FAIL)
+        raise
+    except Exception as e:   # a crashed population: every trial in it failed, the study goes on
+        import warnings
+        warnings.warn(f"population {name} failed: {e!r}")
+        for t in trials:
+            t.set_user_attr("fail_reason", repr(e))
+            study.tell(t, state=TrialState.FAIL)
+    return [t.number for t in trials]
+
+
+def optimize_population(study: optuna.Study, spec: StudySpec, n_trials: int, size: int) -> None:
+    """Populations of ``size`` trials until the study holds ``n_trials`` finished trials."""
+    from optuna.trial import TrialState
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    while True:
+        left = n_trials - len(study.get_trials(deepcopy=False, states=done))
+        if left <= 0:
+            return
+        run_population(study, spec, min(size, left))

@@ -38,6 +38,9 @@ def parser():
                    help="none (default: the quantity of interest only exists late) or a median pruner "
                         "that only acts after --late-from")
     g.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed")
+    g.add_argument("--population", type=int, default=1,
+                   help="train this many trials at once as one lockstep population (ask/tell; "
+                        "only per-member parameters may be searched, no pruning)")
     g.add_argument("--worker-only", action="store_true", help=argparse_suppress())
     g.add_argument("--worker-index", type=int, default=0, help=argparse_suppress())
     return p
@@ -65,8 +68,8 @@ def main(argv=None) -> int:
             space[name] = spec
         if not space:
             raise ConfigError(f"--method {base.method!r} has no search space; give --space NAME=KIND:ARGS")
-        if args.n_trials < 1 or args.workers < 1:
-            raise ConfigError("--n-trials and --workers must be >= 1")
+        if args.n_trials < 1 or args.workers < 1 or args.population < 1:
+            raise ConfigError("--n-trials, --workers and --population must be >= 1")
         study_name = args.study or base.method.replace("+", "-")
         storage = args.storage or f"sqlite:///studies/{study_name}.db"
         # every worker samples with its own seed (same seeds would propose the same parameters)
@@ -94,7 +97,13 @@ def main(argv=None) -> int:
             print(f"experiments.tune: worker exit codes {codes}", file=sys.stderr)
     else:
         try:
-            tuning.optimize(study, spec, args.n_trials)
+            if args.population > 1:
+                tuning.optimize_population(study, spec, args.n_trials, args.population)
+            else:
+                tuning.optimize(study, spec, args.n_trials)
+        except ConfigError as e:
+            print(f"experiments.tune: error: {e}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print("experiments.tune: interrupted; the running trial is recorded as failed. "
                   "Re-run the same command to resume.", file=sys.stderr)

@@ -183,3 +183,21 @@ def test_study_report_has_importances_history_and_every_trial(tmp_path):
     assert md.count("| COMPLETE |") == 20
     for png in ("optimization_history.png", "param_importances.png"):
         assert (tmp_path / "rep" / png).stat().st_size > 5_000
+
+
+def test_population_trials_train_together_and_each_gets_its_members_objective(tmp_path):
+    r = tune(tmp_path, *TINY, "--n-trials", "5", "--population", "3", "--storage",
+             f"sqlite:///{tmp_path}/p.db", "--study", "pop", "--space", "lr=log:1e-3:1e-2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    study = optuna.load_study(study_name="pop", storage=f"sqlite:///{tmp_path}/p.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
+    runs = {t.user_attrs["run_dir"] for t in study.trials}
+    assert len(runs) == 2                                   # populations of 3 and 2 trials
+    for t in study.trials:
+        rows = read_metrics(tmp_path / t.user_attrs["run_dir"])
+        k = t.user_attrs["member"]
+        assert t.value == late_window_objective(rows, k, 10)[0]
+        assert float([r for r in rows if int(r["member"]) == k][0]["lr"]) == pytest.approx(t.params["lr"])
+    bad = tune(tmp_path, *TINY, "--population", "2", "--space", "refit_every=int:10:100",
+               "--storage", f"sqlite:///{tmp_path}/b.db", "--study", "bad")
+    assert bad.returncode == 2 and "cannot differ within a population" in bad.stderr
