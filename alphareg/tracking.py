@@ -170,3 +170,27 @@ def read_offline_run(run_dir: str | os.PathLike) -> dict:
             history.append(rec["history"]["item"])
     return {"config": info.get("config", {}), "summary": info.get("summary", {}),
             "name": info.get("name"), "history": history}
+
+
+def publish_report(title: str, groups: list[str], project: str = "alphareg",
+                   entity: str | None = None, local_dir: str = "") -> str:
+    """Create a wandb Report (line plots of test accuracy and fc1 alpha for the given groups)
+    when a user is logged in; otherwise return the one-line reason why not."""
+    if resolve_mode("auto") != "online":
+        return (f"wandb: no API key configured (offline): no wandb Report created; the local "
+                f"report is in {local_dir}")
+    try:
+        import wandb_workspaces.reports.v2 as wr
+    except ImportError:
+        return "wandb: pip install wandb-workspaces to create wandb Reports; the local report is in " + local_dir
+    import wandb
+    entity = entity or wandb.Api().default_entity
+    runsets = [wr.Runset(entity=entity, project=project, name=g, filters=f"Group = '{g}'") for g in groups]
+    report = wr.Report(entity=entity, project=project, title=title, blocks=[
+        wr.H1(title),
+        wr.PanelGrid(runsets=runsets, panels=[
+            wr.LinePlot(x="train_step", y=["test_acc"], log_x=True, title="test accuracy"),
+            wr.LinePlot(x="train_step", y=["htsr/fc1/alpha"], log_x=True, title="alpha fc1"),
+            wr.LinePlot(x="train_step", y=["penalty"], log_x=True, title="penalty")])])
+    report.save()
+    return f"wandb: report created at {report.url}"

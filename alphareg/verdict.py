@@ -3,7 +3,8 @@
 One row per run and member, read only from the run directories (``config.json``,
 ``metrics.csv``, ``htsr.csv``, ``summary.json``; nothing typed in):
 
-* peak test accuracy and its step; final test accuracy and train accuracy at the last step;
+* peak test accuracy and its step; test accuracy at 10^6 and 10^7 steps (the last log point at or
+  before them; empty if the run did not get there); final test and train accuracy;
 * min alpha: the smallest weightwatcher alpha of any layer over the steps after the test-accuracy
   peak (the late phase the question is about), with its layer; alpha of every layer at the end;
 * traps at the end: mean correlation-trap count of every layer at the last analysed step;
@@ -24,7 +25,8 @@ import pandas as pd
 from .rundir import CONFIG, METRICS, SUMMARY
 from .monitor import HTSR
 
-COLUMNS = ("run", "method", "seed", "steps", "peak_test_acc", "peak_step", "final_test_acc",
+COLUMNS = ("run", "method", "seed", "steps", "peak_test_acc", "peak_step", "test_acc_1e6",
+   "test_acc_1e7", "final_test_acc",
            "final_train_acc", "drop_from_peak", "min_alpha_after_peak", "min_alpha_layer",
            "end_alpha", "end_traps", "collapsed", "late_drop_prevented", "wall_time_s")
 
@@ -51,6 +53,9 @@ def run_rows(path: str | Path) -> list[dict]:
                "final_train_acc": float(last["train_acc"]),
                "drop_from_peak": float(peak["test_acc"] - last["test_acc"]),
                "wall_time_s": summary.get("wall_time_s")}
+        for label, at in (("test_acc_1e6", 10**6), ("test_acc_1e7", 10**7)):
+            upto = d[d["step"] <= at]       # the log point at or just before; None if not reached
+            row[label] = float(upto.iloc[-1]["test_acc"]) if int(last["step"]) >= at else None
         hk = h[h["member"] == k] if not h.empty else h
         if not hk.empty:
             late = hk[hk["step"] >= row["peak_step"]]
@@ -93,14 +98,16 @@ def _cell(v) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ["method", "seed", "steps", "peak test acc (step)", "final test acc", "final train acc",
+    head = ["method", "seed", "steps", "peak test acc (step)", "test acc at 1e6", "test acc at 1e7",
+            "final test acc", "final train acc",
             "min alpha after peak (layer)", "alpha at end", "traps at end (mean)", "collapsed",
             "late drop prevented", "run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([
             r["method"], str(r["seed"]), str(r["steps"]),
-            f"{r['peak_test_acc']:.4f} ({r['peak_step']})", _cell(r["final_test_acc"]),
+            f"{r['peak_test_acc']:.4f} ({r['peak_step']})", _cell(r.get("test_acc_1e6")),
+            _cell(r.get("test_acc_1e7")), _cell(r["final_test_acc"]),
             _cell(r["final_train_acc"]),
             f"{_cell(r.get('min_alpha_after_peak'))} ({r.get('min_alpha_layer', '–')})",
             r.get("end_alpha", "–"), r.get("end_traps", "–"), _cell(r["collapsed"]),

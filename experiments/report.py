@@ -50,6 +50,9 @@ def main(argv=None) -> int:
     p.add_argument("--study", default=None, help="also report this Optuna study (needs --storage) into --out")
     p.add_argument("--storage", default=None, help="the study's storage URL (sqlite:///, postgresql://, journal://)")
     p.add_argument("--out", default=None, help="folder of the study report (default reports/study_<name>)")
+    p.add_argument("--wandb", action="store_true",
+                   help="also create a wandb Report of these runs (needs a logged-in user; offline says so)")
+    p.add_argument("--wandb-project", default="alphareg", help="wandb project of the runs")
     p.add_argument("--onset-fraction", type=float, default=d.onset_fraction,
                    help="grokking starts when test acc has risen this fraction of the way to its peak")
     p.add_argument("--collapse-drop", type=float, default=d.collapse_drop,
@@ -104,6 +107,12 @@ def main(argv=None) -> int:
         rows = write_verdict([Path(r) for r in args.runs], args.verdict)
         print(markdown_table(rows))
         print(f"experiments.report: verdict written to {args.verdict}", file=sys.stderr)
+    if args.wandb:
+        from alphareg.tracking import publish_report
+        groups = [json.loads((Path(r) / CONFIG).read_text())["config"].get("wandb_group") or Path(r).name
+                  for r in args.runs] + ([args.study] if args.study else [])
+        print(publish_report(f"alphareg: {', '.join(groups)}", groups, args.wandb_project,
+                             local_dir=args.verdict or args.out or ", ".join(args.runs)))
     return code
 
 

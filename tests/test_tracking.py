@@ -71,3 +71,12 @@ def test_offline_wandb_holds_every_metric_htsr_row_phase_esd_image_and_summary(t
         assert got["summary"]["final_test_acc"] == pytest.approx(peak["final_test_acc"])
         assert "collapse_prevented" in got["summary"]
     assert seen == {0, 1}
+
+
+def test_report_without_a_logged_in_user_says_so_in_one_line(tmp_path, monkeypatch):
+    from alphareg.tracking import publish_report
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    msg = publish_report("t", ["g"], local_dir="reports/x")
+    assert "offline" in msg and "reports/x" in msg and "\n" not in msg
