@@ -201,3 +201,14 @@ def test_population_trials_train_together_and_each_gets_its_members_objective(tm
     bad = tune(tmp_path, *TINY, "--population", "2", "--space", "refit_every=int:10:100",
                "--storage", f"sqlite:///{tmp_path}/b.db", "--study", "bad")
     assert bad.returncode == 2 and "cannot differ within a population" in bad.stderr
+
+
+def test_multi_objective_study_records_validation_accuracy_and_wall_time(tmp_path):
+    r = tune(tmp_path, *TINY, "--n-trials", "2", "--multi-objective", "--storage",
+             f"sqlite:///{tmp_path}/m.db", "--study", "multi")
+    assert r.returncode == 0, r.stderr[-2000:]
+    study = optuna.load_study(study_name="multi", storage=f"sqlite:///{tmp_path}/m.db")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    for t in study.trials:
+        acc, wall = t.values
+        assert 0 <= acc <= 1 and wall == pytest.approx(t.user_attrs["wall_time_s"])
