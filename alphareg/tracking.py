@@ -68,13 +68,13 @@ class WandbMirror:
         self.wandb = wandb
         self.path = Path(run_path)
         self.mode = resolve_mode(mode)
-        os.environ.setdefault("WANDB_DIR", str(self.path))
+        self.dir = os.environ.get("WANDB_DIR") or str(self.path)
         self.runs = []
         for k, seed in enumerate(seeds):
             run_id = hashlib.sha1(f"{self.path.resolve()}|{k}".encode()).hexdigest()[:16]
             run = wandb.init(project=project, entity=entity, group=group or self.path.name,
                              name=f"{self.path.name}-m{k}", id=run_id, resume="allow",
-                             job_type=job_type, mode=self.mode, reinit="create_new",
+                             job_type=job_type, mode=self.mode, reinit="create_new", dir=self.dir,
                              config={**config, "member": k, "seed": seed, "run_dir": str(self.path)})
             run.define_metric("train_step")
             run.define_metric("*", step_metric="train_step")
@@ -82,7 +82,7 @@ class WandbMirror:
         self.htsr_rows_done = 0
         if self.mode == "offline":
             print(f"wandb: offline mode (no API key configured); run `wandb sync "
-                  f"{os.environ['WANDB_DIR']}/wandb/offline-run-*` to upload", flush=True)
+                  f"{self.dir}/wandb/offline-run-*` to upload", flush=True)
 
     # ------------------------------------------------------------------ rows
     def log_metrics(self, rows: list[dict]) -> None:

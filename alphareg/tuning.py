@@ -203,7 +203,8 @@ def run_trial(trial: optuna.Trial, spec: StudySpec) -> Any:
     params = suggest(trial, spec.space)
     params.update({k: (float(params[k]),) for k in ("lr", "wd") if k in params})   # tuples in RunConfig
     cfg = dataclasses.replace(spec.base, **params, runs_dir=spec.runs_dir,
-                              name=f"{trial.study.study_name}-trial{trial.number:04d}", progress=False)
+                              name=f"{trial.study.study_name}-trial{trial.number:04d}", progress=False,
+                              wandb_group=spec.base.wandb_group or trial.study.study_name)
     cfg.validate()
     run_dir = RunDir(cfg)
     run_dir.check(restart=True)
@@ -356,7 +357,7 @@ def run_population(study: optuna.Study, spec: StudySpec, size: int) -> list[int]
     try:
         cfg = dataclasses.replace(spec.base, **extra, seeds=(spec.base.seeds[0],) * size,
                                   member_overrides=overrides, runs_dir=spec.runs_dir, name=name,
-                                  progress=False)
+                                  progress=False, wandb_group=spec.base.wandb_group or study.study_name)
         cfg.validate()
         run_dir = RunDir(cfg)
         run_dir.check(restart=True)
