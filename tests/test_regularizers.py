@@ -134,3 +134,22 @@ def test_layer_selection_and_errors():
         spectral_layers(pop, ["fc9"])
     with pytest.raises(ValueError, match="sharpness"):
         SoftAlphaPenalty(sharpness=0)
+
+
+def test_gram_path_gradient_equals_the_svdvals_gradient_and_passes_gradcheck():
+    g = torch.Generator().manual_seed(5)
+    for shape, pooled in (((2, 40, 25), False), ((2, 25, 40), False), ((12, 8, 3, 3), True)):
+        W = torch.randn(*shape, dtype=torch.float64, generator=g)
+        pen = SoftAlphaPenalty(target=30.0, beta=1.0)
+        pen.refit_layer(SpectralLayer("w", W, pooled))
+
+        def f(X, gram):
+            return pen.per_member({"w": pen.layer_alpha(SpectralLayer("w", X, pooled), gram=gram)}).sum()
+        grads = []
+        for gram in (False, True):
+            X = W.clone().requires_grad_()
+            f(X, gram).backward()
+            grads.append(X.grad)
+        assert torch.allclose(grads[0], grads[1], rtol=1e-8, atol=1e-10), shape
+        assert torch.autograd.gradcheck(lambda X: f(X, True), (W.clone().requires_grad_(),),
+                                        eps=1e-6, atol=1e-6)
