@@ -162,7 +162,6 @@ def test_ctrl_c_leaves_the_storage_consistent_and_the_study_resumes(tmp_path):
 
 def test_study_report_has_importances_history_and_every_trial(tmp_path):
     import random
-    from alphareg.tuning import write_study_report
     rng = random.Random(0)
     study = optuna.create_study(study_name="toy", direction="maximize",
                                 storage=f"sqlite:///{tmp_path}/toy.db",
