@@ -166,20 +166,56 @@ def make_storage(url: str):
 
 
 # ---------------------------------------------------------------------------------------------
-class _Reporter(TrainingHook):
-    """Training hook: reports member 0's validation accuracy at log points; prunes if told."""
+class _TrialReporter(TrainingHook):
+    """Training hook: at log points, member k's validation accuracy goes to ``trials[k]``
+    (single-objective studies only). With ``prune`` (one trial per run) the trial is pruned
+    when the study's pruner says so; a member cannot leave a lockstep population, so
+    populations never prune."""
 
     name = "optuna_reporter"
 
-    def __init__(self, trial: optuna.Trial):
-        self.trial = trial
+    def __init__(self, trials: list, prune: bool):
+        self.trials, self.prune = trials, prune
 
     def at_log_point(self, trainer, rows):
-        if "val_acc" in rows[0] and trainer.step > 0 and len(self.trial.study.directions) == 1:
-            self.trial.report(float(rows[0]["val_acc"]), trainer.step)
-            if self.trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {trainer.step}")
+        if "val_acc" not in rows[0] or trainer.step == 0:
+            return {}
+        for t, row in zip(self.trials, rows):
+            if len(t.study.directions) == 1:
+                t.report(float(row["val_acc"]), trainer.step)
+                if self.prune and t.should_prune():
+                    raise optuna.TrialPruned(f"pruned at step {trainer.step}")
         return {}
+
+
+def _train(cfg: RunConfig, reporter: TrainingHook):
+    """Train ``cfg`` in a fresh run directory with ``reporter`` attached; returns (run_dir,
+    wall seconds). Ctrl-C (the trainer's Interrupted) becomes KeyboardInterrupt for Optuna."""
+    from .engine import Interrupted, Trainer
+    from .rundir import RunDir
+
+    cfg.validate()
+    run_dir = RunDir(cfg)
+    run_dir.check(restart=True)
+    trainer = Trainer(cfg, run_dir)
+    trainer.hooks.append(reporter)
+    t0 = time.perf_counter()
+    with run_dir.lock():
+        run_dir.create(trainer.data_info, restart=True)
+        try:
+            trainer.run()
+        except Interrupted:
+            raise KeyboardInterrupt from None    # optuna fails the trial and stops the study
+    return run_dir, time.perf_counter() - t0
+
+
+def _record(trial, rows: list[dict], member: int, spec: "StudySpec", wall: float, run_dir) -> float:
+    """Objective of ``member`` into the trial's user attributes; returns the objective."""
+    value, collapsed, reached = late_window_objective(rows, member, spec.late_from, spec.collapse_drop)
+    for key, v in (("collapsed", collapsed), ("late_window_reached", reached), ("wall_time_s", wall),
+                   ("run_dir", str(run_dir.path)), ("member", member)):
+        trial.set_user_attr(key, v)
+    return value
 
 
 @dataclasses.dataclass
@@ -194,38 +230,14 @@ class StudySpec:
 
 def run_trial(trial: optuna.Trial, spec: StudySpec) -> Any:
     """Train one trial (a run directory of its own) and return its objective value(s)."""
-    from .data import paper_data
-    from .engine import Interrupted, Trainer, resolve_device
-    from .rundir import RunDir
-
-    import torch
-
     params = suggest(trial, spec.space)
     params.update({k: (float(params[k]),) for k in ("lr", "wd") if k in params})   # tuples in RunConfig
     cfg = dataclasses.replace(spec.base, **params, runs_dir=spec.runs_dir,
                               name=f"{trial.study.study_name}-trial{trial.number:04d}", progress=False,
                               wandb_group=spec.base.wandb_group or trial.study.study_name)
-    cfg.validate()
-    run_dir = RunDir(cfg)
-    run_dir.check(restart=True)
-    data = paper_data(cfg.n_per_class, cfg.data_seed, getattr(torch, cfg.dtype),
-                      resolve_device(cfg.device), cfg.data_dir)
-    trainer = Trainer(cfg, run_dir, data)
-    trainer.hooks.append(_Reporter(trial))
-    trial.set_user_attr("run_dir", str(run_dir.path))
-    t0 = time.perf_counter()
-    with run_dir.lock():
-        run_dir.create(data[2], restart=True)
-        try:
-            trainer.run()
-        except Interrupted:
-            raise KeyboardInterrupt from None    # optuna fails the trial and stops the study
-    value, collapsed, reached = late_window_objective(run_dir.read_metrics(), 0, spec.late_from,
-                                                      spec.collapse_drop)
-    trial.set_user_attr("collapsed", collapsed)
-    trial.set_user_attr("late_window_reached", reached)
-    wall = time.perf_counter() - t0
-    trial.set_user_attr("wall_time_s", wall)
+    trial.set_user_attr("run_dir", str(Path(cfg.runs_dir) / cfg.run_name()))   # also if it fails
+    run_dir, wall = _train(cfg, _TrialReporter([trial], prune=True))
+    value = _record(trial, run_dir.read_metrics(), 0, spec, wall, run_dir)
     if not math.isfinite(value):
         raise ValueError(f"objective is {value}")
     return (value, wall) if spec.multi_objective else value
@@ -309,23 +321,6 @@ def write_study_report(study: optuna.Study, out_dir: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 # several trials as one population (ask / tell)
 # ---------------------------------------------------------------------------------------------
-class _PopulationReporter(TrainingHook):
-    """Reports every member's validation accuracy to its own trial at log points (no pruning:
-    one member cannot leave a lockstep population)."""
-
-    name = "optuna_population_reporter"
-
-    def __init__(self, trials):
-        self.trials = trials
-
-    def at_log_point(self, trainer, rows):
-        if "val_acc" in rows[0] and trainer.step > 0:
-            for t, row in zip(self.trials, rows):
-                if len(t.study.directions) == 1:
-                    t.report(float(row["val_acc"]), trainer.step)
-        return {}
-
-
 def run_population(study: optuna.Study, spec: StudySpec, size: int) -> list[int]:
     """Ask ``size`` trials, train them in lockstep as one population (every member with the base
     seed, its own parameters via ``member_overrides``; ``lr``/``wd`` may be searched too), tell
@@ -334,11 +329,6 @@ def run_population(study: optuna.Study, spec: StudySpec, size: int) -> list[int]
     from optuna.trial import TrialState
 
     from .config import PER_MEMBER_FIELDS
-    from .data import paper_data
-    from .engine import Interrupted, Trainer, resolve_device
-    from .rundir import RunDir
-
-    import torch
 
     allowed = set(PER_MEMBER_FIELDS) | {"lr", "wd"}
     bad = sorted(set(spec.space) - allowed)
@@ -358,27 +348,11 @@ def run_population(study: optuna.Study, spec: StudySpec, size: int) -> list[int]
         cfg = dataclasses.replace(spec.base, **extra, seeds=(spec.base.seeds[0],) * size,
                                   member_overrides=overrides, runs_dir=spec.runs_dir, name=name,
                                   progress=False, wandb_group=spec.base.wandb_group or study.study_name)
-        cfg.validate()
-        run_dir = RunDir(cfg)
-        run_dir.check(restart=True)
-        data = paper_data(cfg.n_per_class, cfg.data_seed, getattr(torch, cfg.dtype),
-                          resolve_device(cfg.device), cfg.data_dir)
-        trainer = Trainer(cfg, run_dir, data)
-        trainer.hooks.append(_PopulationReporter(trials))
-        t0 = time.perf_counter()
-        with run_dir.lock():
-            run_dir.create(data[2], restart=True)
-            try:
-                trainer.run()
-            except Interrupted:
-                raise KeyboardInterrupt from None
-        wall = (time.perf_counter() - t0) / size
+        run_dir, wall = _train(cfg, _TrialReporter(trials, prune=False))
+        wall /= size
         rows = run_dir.read_metrics()
         for k, t in enumerate(trials):
-            value, collapsed, reached = late_window_objective(rows, k, spec.late_from, spec.collapse_drop)
-            for key, v in (("collapsed", collapsed), ("late_window_reached", reached),
-                           ("wall_time_s", wall), ("run_dir", str(run_dir.path)), ("member", k)):
-                t.set_user_attr(key, v)
+            value = _record(t, rows, k, spec, wall, run_dir)
             study.tell(t, (value, wall) if spec.multi_objective else value)
     except KeyboardInterrupt:
         for t in trials:

@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="folder of the study report (default reports/study_<name>)")
     p.add_argument("--wandb", action="store_true",
                    help="also create a wandb Report of these runs (needs a logged-in user; offline says so)")
-    p.add_argument("--wandb-project", default="alphareg", help="wandb project of the runs")
+    p.add_argument("--wandb-project", default=RunConfig.wandb_project, help="wandb project of the runs")
     p.add_argument("--onset-fraction", type=float, default=d.onset_fraction,
                    help="grokking starts when test acc has risen this fraction of the way to its peak")
     p.add_argument("--collapse-drop", type=float, default=d.collapse_drop,
