@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from typing import Callable, Sequence
 
 from .checkpoint import CheckpointError
-from .config import DEVICES, DTYPES, LOSSES, ConfigError, RunConfig
+from .config import DEVICES, DTYPES, LOSSES, TASKS, ConfigError, RunConfig
 from .data import DataNotFoundError
 
 D = RunConfig()
@@ -112,9 +112,35 @@ METHOD_ARGS = ("optimizer", "momentum", "val_per_class", "method", "target_alpha
                "wandb_mode")
 
 
-def build_parser(prog: str, description: str, default_method: str = "none") -> OneLineParser:
+def task_of(argv: Sequence[str] | None) -> str:
+    """The --task value of a command line (its defaults shape the rest of the parser)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task", default="mnist")
+    task = pre.parse_known_args(argv)[0].task
+    return task if task in TASKS else "mnist"   # an unknown task is reported by the full parser
+
+
+def build_parser(prog: str, description: str, default_method: str = "none",
+                 task: str = "mnist") -> OneLineParser:
+    """Every RunConfig field as a flag, defaulting to ``RunConfig.for_task(task)``."""
+    D = RunConfig.for_task(task)
     p = OneLineParser(prog=prog, description=description,
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("task")
+    g.add_argument("--task", choices=TASKS, default=task,
+                   help="mnist = paper A's MLP on 1k MNIST digits; modadd = paper B's transformer on "
+                        "(a + b) mod p (its own defaults: see --task modadd --help)")
+    g = p.add_argument_group("modular addition (--task modadd; Nanda et al. 2023)")
+    g.add_argument("--modulus", "--p", dest="modulus", type=int, default=D.modulus,
+                   help="p of (a + b) mod p; inputs 'a b =' over a vocabulary of p + 1 tokens")
+    g.add_argument("--train-frac", type=float, default=D.train_frac,
+                   help="fraction of the p^2 pairs used for (full-batch) training; seeded by --data-seed")
+    g.add_argument("--d-model", type=int, default=D.d_model, help="residual width")
+    g.add_argument("--n-heads", type=int, default=D.n_heads, help="attention heads")
+    g.add_argument("--d-head", type=int, default=D.d_head, help="width of each head")
+    g.add_argument("--d-mlp", type=int, default=D.d_mlp, help="MLP width (ReLU)")
+    g.add_argument("--warmup-steps", type=int, default=D.warmup_steps,
+                   help="linear lr warm-up over this many steps (factor step / w; 0 = none)")
     g = p.add_argument_group("data (paper A: 100 per class, stratified, seed 0; standard 10k test set)")
     g.add_argument("--n-per-class", type=int, default=D.n_per_class, help="training points per digit")
     g.add_argument("--data-seed", type=int, default=D.data_seed, help="seed of the stratified sample")
@@ -127,7 +153,9 @@ def build_parser(prog: str, description: str, default_method: str = "none") -> O
     g.add_argument("--init-scale", type=float, default=D.init_scale,
                    help="multiplier of every weight and bias after PyTorch's default init")
     g = p.add_argument_group("optimisation (AdamW, MSE on one-hot targets)")
-    g.add_argument("--loss", choices=LOSSES, default=D.loss, help="mse = mean squared error on one-hot")
+    g.add_argument("--loss", choices=LOSSES, default=D.loss,
+                   help="mse = mean squared error on one-hot (mnist); ce = cross-entropy; stablemax = "
+                        "StableMax cross-entropy (modadd); modadd losses are computed in float64")
     g.add_argument("--lr", type=_list(float, "--lr"), default=_fmt(D.lr),
                    help="learning rate; one value or one per seed")
     g.add_argument("--wd", type=_list(float, "--wd"), default=_fmt(D.wd),
@@ -179,6 +207,8 @@ def build_parser(prog: str, description: str, default_method: str = "none") -> O
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
+        task=args.task, modulus=args.modulus, train_frac=args.train_frac, d_model=args.d_model,
+        n_heads=args.n_heads, d_head=args.d_head, d_mlp=args.d_mlp, warmup_steps=args.warmup_steps,
         n_per_class=args.n_per_class, data_seed=args.data_seed, data_dir=args.data_dir,
         hidden=tuple(args.hidden), init_scale=args.init_scale, loss=args.loss, lr=tuple(args.lr),
         wd=tuple(args.wd), beta1=args.beta1, beta2=args.beta2, eps=args.eps,
@@ -200,18 +230,17 @@ def run_main(prog: str, description: str, argv: Sequence[str] | None = None,
     """Parse, validate, prepare the run directory, train. Returns the exit code."""
     import torch
 
-    from .data import paper_data
-    from .engine import Interrupted, Trainer, resolve_device
+    from .engine import Interrupted, make_trainer, resolve_device
     from .rundir import RunDir
 
-    args = build_parser(prog, description, default_method).parse_args(argv)
+    args = build_parser(prog, description, default_method, task_of(argv)).parse_args(argv)
     try:
         cfg = config_from_args(args).validate()
         device = resolve_device(cfg.device)
         run_dir = RunDir(cfg)
         run_dir.check(resume=args.resume, restart=args.restart)
-        data = paper_data(cfg.n_per_class, cfg.data_seed, getattr(torch, cfg.dtype), device, cfg.data_dir)
-        trainer = Trainer(cfg, run_dir, data)
+        trainer = make_trainer(cfg, run_dir)
+        data = (trainer.train_set, trainer.test_set, trainer.data_info)
         with ExitStack() as stack:   # hold the lock from before the first write to the end
             stack.enter_context(run_dir.lock())
             run_dir.create(data[2], restart=args.restart)

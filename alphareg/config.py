@@ -15,7 +15,17 @@ from typing import Any
 
 DTYPES = ("float64", "float32")
 DEVICES = ("auto", "cpu", "cuda")
-LOSSES = ("mse", "ce")
+LOSSES = ("mse", "ce", "stablemax")
+TASKS = ("mnist", "modadd")
+
+#: Defaults that differ for the modular-addition transformer (Nanda et al. 2023: full batch,
+#: AdamW lr 1e-3, wd 1.0, betas (0.9, 0.98), 10-step linear warm-up, float32 model with the
+#: cross-entropy in float64; 40,000 steps as in Nanda's run). ``--wd 0`` is the anti-grokking study.
+TASK_DEFAULTS = {
+    "mnist": {},
+    "modadd": {"loss": "ce", "lr": (1e-3,), "wd": (1.0,), "beta2": 0.98, "warmup_steps": 10,
+               "steps": 40_000, "dtype": "float32"},
+}
 
 #: Fields that do not change the training trajectory: they may differ between the run that
 #: wrote a checkpoint and the run that resumes it (e.g. extend ``steps``, move CPU -> GPU).
@@ -38,7 +48,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunConfig:
-    """All values of a run. Defaults = paper A Table 3 (MLP on 1k MNIST, no weight decay)."""
+    """All values of a run. Defaults = paper A Table 3 (MLP on 1k MNIST, no weight decay);
+    ``RunConfig.for_task("modadd", ...)`` = Nanda's modular-addition transformer."""
+
+    task: str = "mnist"             # mnist (paper A's MLP) | modadd (paper B's transformer)
 
     # data
     n_per_class: int = 100          # training points per digit class (stratified sample)
@@ -73,6 +86,14 @@ class RunConfig:
     htsr_seed: int = 0              # seed of those shuffles
     ww_per_decade: int = 5          # weightwatcher reference columns this many times per decade (0 = never)
     esd_per_decade: int = 1         # ESD figures (paper Figures 2, 3) this many times per decade + last step
+    # modular addition (--task modadd): dataset and transformer
+    modulus: int = 113              # p: task (a + b) mod p, vocabulary p + 1 (numbers and "=")
+    train_frac: float = 0.3         # fraction of the p^2 pairs in the (full-batch) training set
+    d_model: int = 128
+    n_heads: int = 4
+    d_head: int = 32
+    d_mlp: int = 512
+    warmup_steps: int = 0           # linear lr warm-up min(step / w, 1) (modadd default 10)
     runs_dir: str = "runs"
     name: str | None = None         # run directory name; derived from the config when None
     progress: bool = True
@@ -114,7 +135,21 @@ class RunConfig:
     wandb_group: str | None = None  # default: the run directory's name
     wandb_mode: str = "auto"        # auto = online with an API key, else offline
 
+    @classmethod
+    def for_task(cls, task: str = "mnist", **kw) -> "RunConfig":
+        """The task's defaults (``TASK_DEFAULTS``) overridden by ``kw``."""
+        if task not in TASKS:
+            raise ConfigError(f"--task {task!r} is unknown; allowed: {', '.join(TASKS)}")
+        return cls(task=task, **{**TASK_DEFAULTS[task], **kw})
+
     # ------------------------------------------------------------------ derived values
+    def layer_names(self) -> list[str]:
+        """Names of the weight matrices HTSR, the penalty and the controllers act on."""
+        if self.task == "modadd":
+            from .transformer import LAYER_NAMES
+            return list(LAYER_NAMES)
+        return [f"fc{i + 1}" for i in range(len(self.hidden) + 1)]
+
     @property
     def K(self) -> int:
         """Population size."""
@@ -144,7 +179,8 @@ class RunConfig:
         def fmt(vals):
             return "-".join(f"{v:g}" for v in vals)
         seeds = fmt(self.seeds) if self.K <= 4 else f"{self.seeds[0]}..{self.seeds[-1]}x{self.K}"
-        name = f"mlp_lr{fmt(self.lr)}_wd{fmt(self.wd)}_s{seeds}_{self.dtype}"
+        model = "mlp" if self.task == "mnist" else f"modadd_p{self.modulus}"
+        name = f"{model}_lr{fmt(self.lr)}_wd{fmt(self.wd)}_s{seeds}_{self.dtype}"
         if self.optimizer != "adamw":
             name += f"_{self.optimizer}"
         if self.method != "none":
@@ -180,11 +216,17 @@ class RunConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> "RunConfig":
         """Check every value; raise ConfigError naming the flag. Returns self."""
+        if self.task not in TASKS:
+            raise ConfigError(f"--task {self.task!r} is unknown; allowed: {', '.join(TASKS)}")
         _positive_int("--steps", self.steps)
         _positive_int("--batch-size", self.batch_size)
         _positive_int("--n-per-class", self.n_per_class)
+        if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
+            raise ConfigError(f"--warmup-steps {self.warmup_steps} is not allowed; must be an integer >= 0")
+        if self.task == "modadd":
+            self._validate_modadd()
         n_train = 10 * self.n_per_class
-        if self.batch_size > n_train:
+        if self.task == "mnist" and self.batch_size > n_train:
             raise ConfigError(
                 f"--batch-size {self.batch_size} is larger than the training set "
                 f"({n_train} = 10 classes x --n-per-class {self.n_per_class}); allowed: 1..{n_train}")
@@ -221,13 +263,17 @@ class RunConfig:
             raise ConfigError(f"--device {self.device!r} is unknown; allowed: {', '.join(DEVICES)}")
         if self.loss not in LOSSES:
             raise ConfigError(f"--loss {self.loss!r} is unknown; allowed: {', '.join(LOSSES)}")
+        if self.task == "mnist" and self.loss == "stablemax":
+            raise ConfigError("--loss stablemax is for --task modadd; the MLP allows mse, ce")
+        if self.task == "modadd" and self.loss == "mse":
+            raise ConfigError("--loss mse is for --task mnist; --task modadd allows ce, stablemax")
         _positive_int("--log-per-decade", self.log_per_decade)
         if not self.checkpoint_minutes > 0:
             raise ConfigError(f"--checkpoint-minutes {self.checkpoint_minutes:g} is not allowed; "
                               "must be > 0")
         if not self.plot_minutes >= 0:
             raise ConfigError(f"--plot-minutes {self.plot_minutes:g} is not allowed; must be >= 0")
-        n_layers = len(self.hidden) + 1
+        n_layers = len(self.layer_names())
         if not 1 <= self.complexity_layer <= n_layers:
             raise ConfigError(f"--complexity-layer {self.complexity_layer} is not allowed; "
                               f"allowed: 1..{n_layers}")
@@ -245,6 +291,20 @@ class RunConfig:
             raise ConfigError(f"--name {self.name!r} is not allowed; use letters, digits and . _ - + =")
         return self
 
+
+    def _validate_modadd(self) -> None:
+        if not (isinstance(self.modulus, int) and self.modulus >= 2):
+            raise ConfigError(f"--modulus {self.modulus} is not allowed; must be an integer >= 2")
+        if not 0 < self.train_frac < 1 or round(self.train_frac * self.modulus ** 2) < 1 \
+                or round(self.train_frac * self.modulus ** 2) >= self.modulus ** 2:
+            raise ConfigError(f"--train-frac {self.train_frac:g} is not allowed; must be in (0, 1) and "
+                              f"leave at least one of the {self.modulus ** 2} pairs on each side")
+        for flag, v in (("--d-model", self.d_model), ("--n-heads", self.n_heads),
+                        ("--d-head", self.d_head), ("--d-mlp", self.d_mlp)):
+            _positive_int(flag, v)
+        if self.val_per_class:
+            raise ConfigError("--val-per-class is for --task mnist (a validation split of MNIST "
+                              "train); --task modadd has none")
 
     def _validate_methods(self) -> None:
         from .methods import parse_method
@@ -287,7 +347,7 @@ class RunConfig:
             raise ConfigError(f"--lr-rule {self.lr_rule!r} is unknown; allowed: anchored, tempbalance")
         if self.wd_rule not in ("anchored", "alphadecay"):
             raise ConfigError(f"--wd-rule {self.wd_rule!r} is unknown; allowed: anchored, alphadecay")
-        names = [f"fc{i + 1}" for i in range(len(self.hidden) + 1)]
+        names = self.layer_names()
         bad = [n for n in self.penalty_layers if n not in names]
         if bad:
             raise ConfigError(f"--penalty-layers {_fmt(bad)} unknown; this model has {', '.join(names)}")

@@ -133,7 +133,8 @@ class AlphaController(TrainingHook):
         for l, (wi, bi) in enumerate(layer_param_indices(trainer)):
             new = (self.base * self.mult[l]).to(values[wi].dtype).to(values[wi].device)
             values[wi].copy_(new)
-            values[bi].copy_(new)
+            if bi is not None:
+                values[bi].copy_(new)
 
     # ------------------------------------------------------------------ hook
     def after_backward(self, trainer) -> None:

@@ -75,11 +75,9 @@ class Trainer:
         self.cfg = cfg.validate()
         self.device = resolve_device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype)
-        if data is None:
-            data = paper_data(cfg.n_per_class, cfg.data_seed, self.dtype, self.device, cfg.data_dir)
-        self.train_set, self.test_set, self.data_info = data
+        self.train_set, self.test_set, self.data_info = data if data is not None else self.load_data()
         self.run_dir = run_dir
-        self.model = PopulationMLP(cfg.layer_sizes(), cfg.seeds, cfg.init_scale, self.dtype).to(self.device)
+        self.model = self.build_model().to(self.device)
         self.opt = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.member_lrs(),
                                   cfg.member_wds(), (cfg.beta1, cfg.beta2), cfg.eps, cfg.momentum)
         self.val_set = None
@@ -91,31 +89,34 @@ class Trainer:
         self.hooks = build_hooks(cfg)
         for h in self.hooks:
             h.attach(self)
-        self.sampler = EpochSampler(len(self.train_set.y), cfg.batch_size, cfg.seeds)
+        self.sampler = self.build_sampler()
         self.step = 0
         self.wall_time = 0.0          # seconds spent in this run, summed over resumes
         self.tracker = None           # wandb mirror during run() (alphareg.tracking)
         self._stop_signal: int | None = None
 
-    # ------------------------------------------------------------------ the hot loop
-    def train_steps(self, n: int) -> None:
-        """Advance every member by n optimizer steps (no logging, no checkpoints)."""
-        tr, kind = self.train_set, self.cfg.loss
-        for _ in range(n):
-            idx = self.sampler.next().to(self.device, non_blocking=True)
-            out = self.model(tr.x[idx])
-            loss = member_losses(out, tr.onehot[idx], tr.y[idx], kind)
-            loss.sum().backward()
-            for h in self.hooks:
-                h.after_backward(self)
-            self.opt.step()
-            self.opt.zero_grad()
-            self.step += 1
+    # ------------------------------------------------------------------ the task (MNIST MLP)
+    # ``alphareg.modadd.ModAddTrainer`` overrides these five for the modular-addition transformer
+    def load_data(self) -> tuple[Split, Split, dict]:
+        c = self.cfg
+        return paper_data(c.n_per_class, c.data_seed, self.dtype, self.device, c.data_dir)
 
-    # ------------------------------------------------------------------ evaluation
+    def build_model(self):
+        return PopulationMLP(self.cfg.layer_sizes(), self.cfg.seeds, self.cfg.init_scale, self.dtype)
+
+    def build_sampler(self):
+        return EpochSampler(len(self.train_set.y), self.cfg.batch_size, self.cfg.seeds)
+
+    def batch_losses(self) -> torch.Tensor:
+        """(K,) loss of every member on its next minibatch."""
+        tr = self.train_set
+        idx = self.sampler.next().to(self.device, non_blocking=True)
+        return member_losses(self.model(tr.x[idx]), tr.onehot[idx], tr.y[idx], self.cfg.loss)
+
     @torch.no_grad()
-    def evaluate(self) -> list[dict]:
-        """One row per member: losses, accuracies and progress measures at the current step."""
+    def task_metrics(self) -> tuple[dict, list, torch.Tensor]:
+        """Train/test loss and accuracy (K,) columns, the hidden activations on the training
+        set and the training-set logits (for the progress measures)."""
         cfg, model = self.cfg, self.model
         tr, te = self.train_set, self.test_set
         logits_tr, hidden = model(tr.x, return_hidden=True)
@@ -129,23 +130,47 @@ class Trainer:
             test_loss += member_losses(out, te.onehot[s:s + 2500].unsqueeze(0), te.y[s:s + 2500],
                                        cfg.loss) * n
             test_correct += (out.argmax(-1) == te.y[s:s + 2500]).to(self.dtype).sum(1)
-        test_loss /= len(te.y)
-        test_acc = test_correct / len(te.y)
-        extra = {}
+        cols = {"train_loss": train_loss, "train_acc": train_acc,
+                "test_loss": test_loss / len(te.y), "test_acc": test_correct / len(te.y)}
         if self.val_set is not None:
             va = self.val_set
             out = model(va.x)
-            extra["val_loss"] = member_losses(out, va.onehot.unsqueeze(0), va.y, cfg.loss)
-            extra["val_acc"] = (out.argmax(-1) == va.y).to(self.dtype).mean(1)
+            cols["val_loss"] = member_losses(out, va.onehot.unsqueeze(0), va.y, cfg.loss)
+            cols["val_acc"] = (out.argmax(-1) == va.y).to(self.dtype).mean(1)
+        return cols, hidden, logits_tr
+
+    # ------------------------------------------------------------------ the hot loop
+    def warmup_factor(self, step: int) -> float:
+        """Linear lr warm-up, ``min(step / warmup_steps, 1)`` at 0-based step ``step`` (Nanda's
+        ``LambdaLR``: the first step has factor 0); 1 without warm-up."""
+        w = self.cfg.warmup_steps
+        return 1.0 if w <= 0 else min(step / w, 1.0)
+
+    def train_steps(self, n: int) -> None:
+        """Advance every member by n optimizer steps (no logging, no checkpoints)."""
+        for _ in range(n):
+            self.batch_losses().sum().backward()
+            for h in self.hooks:
+                h.after_backward(self)
+            self.opt.lr_scale = self.warmup_factor(self.step)
+            self.opt.step()
+            self.opt.zero_grad()
+            self.step += 1
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> list[dict]:
+        """One row per member: losses, accuracies and progress measures at the current step."""
+        cfg, model = self.cfg, self.model
+        cols, hidden, logits_tr = self.task_metrics()
         l2_layers, l2_total = measures.l2_norms(model.weights)
         sparsity = measures.activation_sparsity(hidden, cfg.sparsity_tau)
         entropy = measures.weight_entropy(model.weights)
-        complexity = measures.circuit_complexity(model, tr.x, cfg.complexity_layer,
+        complexity = measures.circuit_complexity(model, self.train_set.x, cfg.complexity_layer,
                                                  cfg.complexity_fraction, cfg.complexity_seed,
                                                  logits=logits_tr)
         names = model.layer_names()
-        cols = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-                "test_acc": test_acc, **extra, "l2_total": l2_total}
+        cols["l2_total"] = l2_total
         cols.update({f"l2_{n}": l2_layers[i] for i, n in enumerate(names)})
         cols.update({f"sparsity_h{i + 1}": sparsity[i] for i in range(len(hidden))})
         cols.update({f"entropy_{n}": entropy[i] for i, n in enumerate(names)})
@@ -175,7 +200,7 @@ class Trainer:
         return {"format": ckpt.FORMAT_VERSION, "step": self.step, "wall_time": self.wall_time,
                 "config": self.cfg.trajectory_dict(), "data": self.data_info,
                 "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
-                "optimizer": self.opt.state_dict(), "sampler": self.sampler.state_dict(),
+                "optimizer": self.opt.state_dict(), "sampler": self.sampler.state_dict() if self.sampler else None,
                 "hooks": {h.name: h.state_dict() for h in self.hooks},
                 "torch": torch.__version__}
 
@@ -193,7 +218,8 @@ class Trainer:
         try:
             self.model.load_state_dict({k: v.to(self.device) for k, v in sd["model"].items()})
             self.opt.load_state_dict(sd["optimizer"])
-            self.sampler.load_state_dict(sd["sampler"])
+            if self.sampler is not None:
+                self.sampler.load_state_dict(sd["sampler"])
             for h in self.hooks:
                 h.load_state_dict(sd.get("hooks", {})[h.name])
         except (RuntimeError, ValueError, KeyError) as e:
@@ -237,9 +263,11 @@ class Trainer:
         path = self.run_dir.snapshot_path(self.step)
         path.parent.mkdir(exist_ok=True)
         ckpt.save_atomic({"step": self.step, "seeds": list(self.cfg.seeds),
-                          "layers": self.model.layer_names(),
+                          "layers": self.model.layer_names(), "spec": self.model.spec(),
                           "weights": [w.detach().cpu() for w in self.model.weights],
-                          "biases": [b.detach().cpu() for b in self.model.biases]}, path)
+                          "biases": [b.detach().cpu() for b in self.model.biases],
+                          "extra": {n: p.detach().cpu() for n, p in self.model.extra_params().items()}},
+                         path)
 
     def _log_point(self, monitor=None) -> list[dict]:
         rows = self.evaluate()
@@ -352,3 +380,11 @@ class Trainer:
                     "member_steps_per_s": round(self.step * self.model.K / max(self.wall_time, 1e-9), 1),
                     "data_source": self.data_info.get("source")})
         return out
+
+
+def make_trainer(cfg: RunConfig, run_dir: RunDir | None = None, data=None) -> Trainer:
+    """The trainer of ``cfg.task``: ``Trainer`` (MNIST MLP) or ``ModAddTrainer`` (transformer)."""
+    if cfg.task == "modadd":
+        from .modadd import ModAddTrainer
+        return ModAddTrainer(cfg, run_dir, data)
+    return Trainer(cfg, run_dir, data)

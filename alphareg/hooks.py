@@ -42,8 +42,9 @@ def stacked_params(trainer) -> list:
     return list(trainer.opt.params)
 
 
-def layer_param_indices(trainer) -> list[tuple[int, int]]:
-    """(weight index, bias index) in the optimizer's parameter list for every layer."""
+def layer_param_indices(trainer) -> list[tuple[int, int | None]]:
+    """(weight index, bias index or None) in the optimizer's parameter list for every layer."""
     pos = {id(p): i for i, p in enumerate(trainer.opt.params)}
     m = trainer.model
-    return [(pos[id(w)], pos[id(b)]) for w, b in zip(m.weights, m.biases)]
+    return [(pos[id(w)], None if b is None else pos[id(b)])
+            for w, b in zip(m.weights, m.layer_biases())]

@@ -65,6 +65,18 @@ class PopulationMLP(nn.Module):
     def layer_names(self) -> list[str]:
         return [f"fc{l + 1}" for l in range(self.n_layers)]
 
+    def layer_biases(self) -> list[nn.Parameter]:
+        """The bias of each layer (same order as ``weights``)."""
+        return list(self.biases)
+
+    def spec(self) -> dict:
+        """Constructor arguments (stored in snapshots; see ``population_from_snapshot``)."""
+        return {"kind": "mlp", "sizes": self.sizes}
+
+    def extra_params(self) -> dict[str, nn.Parameter]:
+        """Parameters outside ``weights`` / ``biases`` (none for the MLP)."""
+        return {}
+
     def forward(self, x: torch.Tensor, return_hidden: bool = False):
         """x: (K, B, in) per-member batches, or (B, in) shared by all members -> (K, B, out).
 
@@ -92,3 +104,22 @@ class PopulationMLP(nn.Module):
                 lin.weight.copy_(w[k])
                 lin.bias.copy_(b[k])
         return model.to(self.weights[0].device)
+
+
+def population_from_snapshot(snap: dict) -> nn.Module:
+    """Rebuild the population of a weight snapshot (``Trainer.save_snapshot``): the MLP, or the
+    model named by the snapshot's ``spec``; weights, biases and extra parameters copied in."""
+    w = snap["weights"]
+    spec = snap.get("spec", {"kind": "mlp"})   # snapshots written before the spec was stored
+    if spec["kind"] == "modadd":
+        from .transformer import PopulationTransformer
+        pop = PopulationTransformer(spec["p"], snap["seeds"], dtype=w[0].dtype, **spec["dims"])
+    else:
+        sizes = [w[0].shape[2]] + [x.shape[1] for x in w]
+        pop = PopulationMLP(sizes, snap["seeds"], 1.0, w[0].dtype)
+    with torch.no_grad():
+        for dst, src in zip(list(pop.weights) + list(pop.biases), list(w) + list(snap["biases"])):
+            dst.copy_(src)
+        for name, p in pop.extra_params().items():
+            p.copy_(snap["extra"][name])
+    return pop

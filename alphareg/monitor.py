@@ -40,7 +40,7 @@ def analyse_snapshot(path: str | os.PathLike, n_shuffles: int = 5, seed: int = 0
                      with_ww: bool = False) -> list[dict]:
     """HTSR rows (one per member and layer) of one snapshot file."""
     from . import htsr
-    from .models import PopulationMLP
+    from .models import population_from_snapshot
 
     snap = torch.load(path, map_location="cpu", weights_only=False)
     weights = snap["weights"]
@@ -48,11 +48,7 @@ def analyse_snapshot(path: str | os.PathLike, n_shuffles: int = 5, seed: int = 0
     for r in rows:
         r["seed"] = snap["seeds"][r["member"]]
     if with_ww:
-        sizes = [weights[0].shape[2]] + [w.shape[1] for w in weights]
-        pop = PopulationMLP(sizes, snap["seeds"], 1.0, weights[0].dtype)
-        with torch.no_grad():
-            for dst, src in zip(list(pop.weights) + list(pop.biases), weights + snap["biases"]):
-                dst.copy_(src)
+        pop = population_from_snapshot(snap)
         for k in range(len(snap["seeds"])):
             ref = _by_layer(htsr.ww_reference(pop.member(k), randomize=True), weights, snap["layers"])
             for r in rows:

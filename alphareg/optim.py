@@ -9,7 +9,8 @@ exactly the update of ``torch.optim.AdamW``):
     p   <- p - (lr_k / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
 ``lr`` and ``wd`` are (K,) tensors broadcast over each member's slice; they may be changed
-between steps (controllers), and may be given per parameter (``set_lr(param_index, lrs)``).
+between steps (controllers), and may be given per parameter (``lr[i]``, ``wd[i]``). ``lr_scale``
+multiplies every lr of the next step (the engine's warm-up; not part of the state).
 AdamW is element-wise, so stacking members never mixes them (unlike Lamb/LARS-style norms).
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ class StackedAdamW:
         self.beta1, self.beta2 = betas
         self.eps = eps
         self.t = 0
+        self.lr_scale = 1.0
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
 
@@ -50,7 +52,7 @@ class StackedAdamW:
         bc2_sqrt = math.sqrt(1 - b2 ** self.t)
         for p, m, v, lr, wd in zip(self.params, self.exp_avg, self.exp_avg_sq, self.lr, self.wd):
             g = p.grad
-            lr_v = self._view(lr, p)
+            lr_v = self._view(lr if self.lr_scale == 1.0 else lr * self.lr_scale, p)
             p.mul_(1 - lr_v * self._view(wd, p))
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
@@ -115,6 +117,7 @@ class PerMemberOptimizer:
         self.lr = [lr_t.clone() for _ in self.params]
         self.wd = [wd_t.clone() for _ in self.params]
         self.K = K
+        self.lr_scale = 1.0   # multiplies every lr of the next step (warm-up)
         self.views = [[p.detach()[k] for p in self.params] for k in range(K)]
         self.inner = [make([{"params": [v], "lr": float(lr_t[k]), "weight_decay": float(wd_t[k])}])
                       for k in range(K) for v in self.views[k]]
@@ -125,7 +128,7 @@ class PerMemberOptimizer:
         for k in range(self.K):
             for i, (p, v) in enumerate(zip(self.params, self.views[k])):
                 group = self.inner[k * P + i].param_groups[0]
-                group["lr"] = float(self.lr[i][k])
+                group["lr"] = float(self.lr[i][k]) * self.lr_scale
                 group["weight_decay"] = float(self.wd[i][k])
                 v.grad = p.grad[k]
                 self.inner[k * P + i].step()

@@ -191,13 +191,13 @@ class _TrialReporter(TrainingHook):
 def _train(cfg: RunConfig, reporter: TrainingHook):
     """Train ``cfg`` in a fresh run directory with ``reporter`` attached; returns (run_dir,
     wall seconds). Ctrl-C (the trainer's Interrupted) becomes KeyboardInterrupt for Optuna."""
-    from .engine import Interrupted, Trainer
+    from .engine import Interrupted, make_trainer
     from .rundir import RunDir
 
     cfg.validate()
     run_dir = RunDir(cfg)
     run_dir.check(restart=True)
-    trainer = Trainer(cfg, run_dir)
+    trainer = make_trainer(cfg, run_dir)
     trainer.hooks.append(reporter)
     t0 = time.perf_counter()
     with run_dir.lock():
