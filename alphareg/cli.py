@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from typing import Callable, Sequence
 
 from .checkpoint import CheckpointError
-from .config import DEVICES, DTYPES, LOSSES, TASKS, ConfigError, RunConfig
+from .config import DEVICES, DTYPES, ENGINES, LOSSES, TASKS, ConfigError, RunConfig
 from .data import DataNotFoundError
 
 D = RunConfig()
@@ -167,6 +167,10 @@ def build_parser(prog: str, description: str, default_method: str = "none",
     g.add_argument("--steps", type=int, default=D.steps, help="optimizer steps in total")
     g.add_argument("--dtype", choices=DTYPES, default=D.dtype, help="floating point precision")
     g.add_argument("--device", choices=DEVICES, default=D.device, help="auto = cuda when available")
+    g.add_argument("--engine", choices=ENGINES, default=D.engine,
+                   help="fast = hand-written MLP forward/backward into fixed buffers + torch's fused "
+                        "AdamW kernel per member; autograd = the reference path (same trajectory to "
+                        "round-off; either may resume the other's checkpoints)")
     g.add_argument("--seeds", type=_list(int, "--seeds"), default=_fmt(D.seeds),
                    help="one population member per seed, trained in lockstep")
     g = p.add_argument_group("logging, progress measures, checkpoints")
@@ -213,6 +217,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         hidden=tuple(args.hidden), init_scale=args.init_scale, loss=args.loss, lr=tuple(args.lr),
         wd=tuple(args.wd), beta1=args.beta1, beta2=args.beta2, eps=args.eps,
         batch_size=args.batch_size, steps=args.steps, dtype=args.dtype, device=args.device,
+        engine=args.engine,
         seeds=tuple(args.seeds), log_per_decade=args.log_per_decade,
         checkpoint_minutes=args.checkpoint_minutes, plot_minutes=args.plot_minutes,
         sparsity_tau=args.sparsity_tau, complexity_layer=args.complexity_layer,

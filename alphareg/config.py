@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 DTYPES = ("float64", "float32")
+ENGINES = ("fast", "autograd")
 DEVICES = ("auto", "cpu", "cuda")
 LOSSES = ("mse", "ce", "stablemax")
 TASKS = ("mnist", "modadd")
@@ -33,7 +34,7 @@ NON_TRAJECTORY_FIELDS = frozenset(
     {"steps", "device", "checkpoint_minutes", "plot_minutes", "data_dir", "runs_dir", "name",
      "progress", "log_per_decade", "snapshots", "htsr", "htsr_shuffles", "htsr_seed",
      "ww_per_decade", "esd_per_decade", "wandb", "wandb_project", "wandb_entity", "wandb_group",
-     "wandb_mode"}
+     "wandb_mode", "engine"}
 )
 
 
@@ -71,6 +72,7 @@ class RunConfig:
     steps: int = 10_000_000
     dtype: str = "float64"
     device: str = "auto"
+    engine: str = "fast"            # fast = hand-written MLP backward + fused AdamW; autograd = reference
     seeds: tuple[int, ...] = (0,)   # one population member per seed (K = len(seeds))
     # logging, measures, checkpoints
     log_per_decade: int = 20        # log points per decade of steps (log-spaced schedule)
@@ -259,6 +261,8 @@ class RunConfig:
                               "e.g. 200,200")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype {self.dtype!r} is unknown; allowed: {', '.join(DTYPES)}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine {self.engine!r} is unknown; allowed: {', '.join(ENGINES)}")
         if self.device not in DEVICES:
             raise ConfigError(f"--device {self.device!r} is unknown; allowed: {', '.join(DEVICES)}")
         if self.loss not in LOSSES:

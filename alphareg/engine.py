@@ -79,7 +79,8 @@ class Trainer:
         self.run_dir = run_dir
         self.model = self.build_model().to(self.device)
         self.opt = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.member_lrs(),
-                                  cfg.member_wds(), (cfg.beta1, cfg.beta2), cfg.eps, cfg.momentum)
+                                  cfg.member_wds(), (cfg.beta1, cfg.beta2), cfg.eps, cfg.momentum,
+                                  fused=cfg.engine == "fast")
         self.val_set = None
         if cfg.val_per_class > 0:
             from .data import validation_data
@@ -90,6 +91,7 @@ class Trainer:
         for h in self.hooks:
             h.attach(self)
         self.sampler = self.build_sampler()
+        self.fast_step = self.build_fast_step() if cfg.engine == "fast" else None
         self.step = 0
         self.wall_time = 0.0          # seconds spent in this run, summed over resumes
         self.tracker = None           # wandb mirror during run() (alphareg.tracking)
@@ -106,6 +108,21 @@ class Trainer:
 
     def build_sampler(self):
         return EpochSampler(len(self.train_set.y), self.cfg.batch_size, self.cfg.seeds)
+
+    def build_fast_step(self):
+        """The hand-written forward/backward (``alphareg.fastmlp``), or None for autograd."""
+        from .fastmlp import FastMLPStep
+        return FastMLPStep(self.model, self.train_set.x, self.cfg.batch_size, self.cfg.loss)
+
+    def forward_backward(self) -> torch.Tensor:
+        """(K,) losses of the next batch, gradients left in ``p.grad``."""
+        if self.fast_step is not None:
+            tr = self.train_set
+            idx = self.sampler.next().to(self.device, non_blocking=True)
+            return self.fast_step(tr.onehot, idx)
+        losses = self.batch_losses()
+        losses.sum().backward()
+        return losses
 
     def batch_losses(self) -> torch.Tensor:
         """(K,) loss of every member on its next minibatch."""
@@ -149,7 +166,7 @@ class Trainer:
     def train_steps(self, n: int) -> None:
         """Advance every member by n optimizer steps (no logging, no checkpoints)."""
         for _ in range(n):
-            self.batch_losses().sum().backward()
+            self.forward_backward()
             for h in self.hooks:
                 h.after_backward(self)
             self.opt.lr_scale = self.warmup_factor(self.step)

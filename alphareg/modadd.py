@@ -87,6 +87,9 @@ class ModAddTrainer(Trainer):
     def build_sampler(self):
         return None   # full batch: every step sees the whole training set
 
+    def build_fast_step(self):
+        return None   # autograd (the fast path is the MLP's); AdamW is still the fused kernel
+
     def batch_losses(self) -> torch.Tensor:
         tr = self.train_set
         return modadd_losses(self.model(tr.x), tr.y, self.cfg.loss)

@@ -12,6 +12,11 @@ exactly the update of ``torch.optim.AdamW``):
 between steps (controllers), and may be given per parameter (``lr[i]``, ``wd[i]``). ``lr_scale``
 multiplies every lr of the next step (the engine's warm-up; not part of the state).
 AdamW is element-wise, so stacking members never mixes them (unlike Lamb/LARS-style norms).
+
+``fused=True`` (the engine's default where available) runs torch's single-pass fused AdamW kernel
+(``torch._fused_adamw_``, the one behind ``torch.optim.AdamW(fused=True)``) on each member's
+slices, with that member's lr and wd, grouping the parameters that share them into one call; the
+moments stay in the same stacked tensors, so checkpoints do not depend on the choice.
 """
 from __future__ import annotations
 
@@ -23,8 +28,9 @@ import torch
 
 class StackedAdamW:
     def __init__(self, params: Sequence[torch.nn.Parameter], lr: Sequence[float],
-                 wd: Sequence[float], betas=(0.9, 0.999), eps: float = 1e-8):
+                 wd: Sequence[float], betas=(0.9, 0.999), eps: float = 1e-8, fused: bool = False):
         self.params = list(params)
+        self.fused = fused and fused_adamw_available(self.params[0])
         K = self.params[0].shape[0]
         dev, dt = self.params[0].device, self.params[0].dtype
         lr_t = torch.as_tensor(list(lr), dtype=dt, device=dev)
@@ -46,6 +52,8 @@ class StackedAdamW:
 
     @torch.no_grad()
     def step(self) -> None:
+        if self.fused:
+            return self._fused_step()
         self.t += 1
         b1, b2 = self.beta1, self.beta2
         bc1 = 1 - b1 ** self.t
@@ -58,6 +66,23 @@ class StackedAdamW:
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             denom = (v.sqrt() / bc2_sqrt).add_(self.eps)
             p.sub_((lr_v / bc1) * (m / denom))
+
+    def _fused_step(self) -> None:
+        self.t += 1
+        P, K = len(self.params), self.params[0].shape[0]
+        vals = torch.stack(self.lr + self.wd).tolist()        # one host read per step
+        lrs, wds = vals[:P], vals[P:]
+        step = torch.tensor(float(self.t), dtype=torch.float32, device=self.params[0].device)
+        for k in range(K):
+            groups: dict[tuple[float, float], list[int]] = {}
+            for i in range(P):
+                groups.setdefault((lrs[i][k] * self.lr_scale, wds[i][k]), []).append(i)
+            for (lr, wd), idx in groups.items():
+                torch._fused_adamw_(
+                    [self.params[i][k] for i in idx], [self.params[i].grad[k] for i in idx],
+                    [self.exp_avg[i][k] for i in idx], [self.exp_avg_sq[i][k] for i in idx], [],
+                    [step] * len(idx), lr=lr, beta1=self.beta1, beta2=self.beta2,
+                    weight_decay=wd, eps=self.eps, amsgrad=False, maximize=False)
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -165,13 +190,29 @@ class PerMemberOptimizer:
                         o.state[p][key] = val.clone().to(p.device)
 
 
+def fused_adamw_available(p: torch.Tensor) -> bool:
+    """torch's fused AdamW kernel exists for this tensor's device and dtype."""
+    if not hasattr(torch, "_fused_adamw_"):
+        return False
+    try:
+        z = torch.zeros(1, dtype=p.dtype, device=p.device)
+        torch._fused_adamw_([z.clone()], [z.clone()], [z.clone()], [z.clone()], [],
+                            [torch.ones((), dtype=torch.float32, device=p.device)], lr=0.0,
+                            beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False,
+                            maximize=False)
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
 def make_optimizer(name: str, params, lr: Sequence[float], wd: Sequence[float],
-                   betas=(0.9, 0.999), eps: float = 1e-8, momentum: float = 0.9):
+                   betas=(0.9, 0.999), eps: float = 1e-8, momentum: float = 0.9,
+                   fused: bool = False):
     """``StackedAdamW`` for ``adamw``; ``PerMemberOptimizer`` over torch's Adam / SGD (coupled L2
     weight decay, SGD with ``momentum``) or torch-optimizer's class of that name (its defaults
     apart from lr and weight_decay)."""
     if name == "adamw":
-        return StackedAdamW(params, lr, wd, betas, eps)
+        return StackedAdamW(params, lr, wd, betas, eps, fused)
     if name == "adam":
         def make(groups):
             return torch.optim.Adam(groups, betas=betas, eps=eps)

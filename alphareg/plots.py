@@ -71,7 +71,7 @@ def plot_accuracy(df: pd.DataFrame, path: Path, title: str = "") -> None:
 
 
 def plot_progress_measures(df: pd.DataFrame, path: Path, title: str = "") -> None:
-    layers = [c[len("l2_"):] for c in df.columns if c.startswith("l2_fc")]
+    layers = [c[len("entropy_"):] for c in df.columns if c.startswith("entropy_")]
     hidden = [c for c in df.columns if c.startswith("sparsity_h")]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
