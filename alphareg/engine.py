@@ -92,6 +92,11 @@ class Trainer:
             h.attach(self)
         self.sampler = self.build_sampler()
         self.fast_step = self.build_fast_step() if cfg.engine == "fast" else None
+        self.graphed = None   # CUDA graphs of whole steps (alphareg.cudagraph), when they apply
+        if (self.device.type == "cuda" and self.fast_step is not None and cfg.optimizer == "adamw"
+                and cfg.warmup_steps == 0):
+            from .cudagraph import GraphedSteps
+            self.graphed = GraphedSteps(self)
         self.step = 0
         self.wall_time = 0.0          # seconds spent in this run, summed over resumes
         self.tracker = None           # wandb mirror during run() (alphareg.tracking)
@@ -163,8 +168,14 @@ class Trainer:
         w = self.cfg.warmup_steps
         return 1.0 if w <= 0 else min(step / w, 1.0)
 
+    def steps_per_call(self) -> int:
+        """Steps the run loop hands to ``train_steps`` at once (a CUDA graph's length, else 1)."""
+        return self.graphed.G if self.graphed is not None and not self.hooks else 1
+
     def train_steps(self, n: int) -> None:
         """Advance every member by n optimizer steps (no logging, no checkpoints)."""
+        if self.graphed is not None and not self.hooks:   # hooks need the eager step
+            n -= self.graphed.run(n)
         for _ in range(n):
             self.forward_backward()
             for h in self.hooks:
@@ -329,9 +340,10 @@ class Trainer:
         try:
             with self._catch_signals():
                 for p in points:
+                    chunk = self.steps_per_call()
                     while self.step < p:
                         t = time.perf_counter()
-                        self.train_steps(1)
+                        self.train_steps(min(chunk, p - self.step))
                         self.wall_time += time.perf_counter() - t
                         bar.update(self.step)
                         if self.step == kill_at:

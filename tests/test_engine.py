@@ -90,6 +90,28 @@ def test_engine_paths_match_plain_loop_over_1000_steps(paper_split, engine):
         assert rel < 1e-11, f"{engine} member {k}: relative deviation {rel:g} after 1000 steps"
 
 
+def test_graphed_step_function_matches_plain_loop_over_1000_steps(paper_split):
+    """The GPU path's step (batched bmm forward/backward, AdamW with the step count as a tensor,
+    G batches drawn ahead) run eagerly on the CPU: the plain loop's trajectory to round-off."""
+    from alphareg.cudagraph import GraphedSteps
+    from alphareg.fastmlp import FastMLPStep
+    cfg = RunConfig(seeds=(0, 1), lr=(5e-4, 1e-3), wd=(0.0, 0.01), steps=1000, device="cpu",
+                    progress=False)
+    tr = Trainer(cfg, data=paper_split)
+    tr.fast_step = FastMLPStep(tr.model, paper_split[0].x, 200, "mse", batched=True)
+    tr.graphed = GraphedSteps(tr, steps_per_graph=40, capture=False)
+    assert tr.steps_per_call() == 40
+    tr.train_steps(7)          # eager: 7 < 40
+    tr.train_steps(993)        # 24 graph-length chunks + 33 eager steps
+    assert tr.step == 1000 and tr.opt.t == 1000
+    for k in range(2):
+        ref = plain_reference(paper_split[0], k, cfg.lr[k], cfg.wd[k], 1000)
+        got = [tr.model.weights[0][k], tr.model.biases[0][k], tr.model.weights[1][k],
+               tr.model.biases[1][k], tr.model.weights[2][k], tr.model.biases[2][k]]
+        rel = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(got, ref))
+        assert rel < 1e-11, f"member {k}: relative deviation {rel:g} after 1000 steps"
+
+
 def test_fast_path_gradients_equal_autograd_with_ce_and_a_hook(paper_split):
     """Gradients of the fast path == autograd's (MSE and CE), incl. after a penalty hook added to
     them and the zero-pixel columns of dW_1 (which a hook may have touched) reset."""

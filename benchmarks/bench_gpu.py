@@ -1,0 +1,156 @@
+"""GPU figures of issue 6 in one command (also runs on the CPU as a smoke test, without graphs).
+
+    python -m benchmarks.bench_gpu [--device cuda] [--steps 2000] [--full-steps 20000]
+                                   [--json reports/benchmarks/engine_gpu.json]
+
+Measured in one process, float64, paper MLP, batch 200:
+1. the plain PyTorch loop (``nn.Sequential`` + ``torch.optim.AdamW`` defaults, batches indexed
+   from a per-epoch ``randperm``) - the reference every ratio is against;
+2. the engine's eager fast path (K = 8, no graphs) and the CUDA-graph path (K = 1, 8, 32):
+   member-steps/s, ratio, projected time for 10^7 steps, roofline (nominal FLOPs x rate against the
+   GPU's float64 peak);
+3. correctness: the graph path (K = 2) against the plain loop on the GPU after 1,000 steps;
+4. a real run (``Trainer.run``: log points, checkpoints, HTSR monitor on) of ``--full-steps``
+   steps, K = 8: member-steps/s with everything on;
+5. overhead of the soft-alpha penalty and the controllers (eager path, K = 8) vs ``--method none``.
+Nothing needs weightwatcher (``--ww-per-decade 0`` in 4). MNIST comes from alphareg's cache
+(``ALPHAREG_CACHE_DIR``; see README "Running on a GPU").
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+from alphareg.config import RunConfig
+from alphareg.data import paper_data
+from alphareg.engine import Trainer
+from alphareg.rundir import RunDir
+from benchmarks.bench_engine import plain_loop, step_flops
+from benchmarks.common import save_results
+
+#: float64 peak TFLOP/s by device name (tensor-core DGEMM where the chip has it)
+FP64_PEAK_TFLOPS = {"H100 SXM": 67.0, "H100 80GB HBM3": 67.0, "H100 PCIe": 51.0, "H100 NVL": 60.0,
+                    "H200": 67.0, "A100": 19.5}
+
+
+def fp64_peak(name: str) -> float:
+    for key, v in FP64_PEAK_TFLOPS.items():
+        if key in name:
+            return v
+    return float("nan")
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def rate(fn, steps: int, dev, repeats: int = 3) -> float:
+    """Median steps/s of ``fn(steps)`` over ``repeats`` (synchronised timings)."""
+    fn(min(steps, 100))
+    out = []
+    for _ in range(repeats):
+        sync(dev)
+        t = time.perf_counter()
+        fn(steps)
+        sync(dev)
+        out.append(steps / (time.perf_counter() - t))
+    return statistics.median(out)
+
+
+def trainer(K: int, dev, data, graphs: bool = True, **kw) -> Trainer:
+    cfg = RunConfig(seeds=tuple(range(K)), device=dev.type, progress=False, **kw)
+    tr = Trainer(cfg, data=data)
+    if not graphs:
+        tr.graphed = None
+    return tr
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--steps", type=int, default=2000, help="timed steps per contender and repeat")
+    ap.add_argument("--full-steps", type=int, default=20000, help="steps of the real run (part 4)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    dev = torch.device(args.device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    data = paper_data(100, 0, torch.float64, dev)
+    flops = step_flops()
+    peak = fp64_peak(name) * 1e12
+    res: dict = {"benchmark": "engine_gpu", "device": name, "dtype": "float64",
+                 "flops_per_member_step": flops, "fp64_peak_flops": peak}
+
+    plain = rate(plain_loop(data[0], args.steps, torch.float64), args.steps, dev)
+    rows = [{"contender": "plain PyTorch loop", "K": 1, "member_steps_per_s": plain}]
+    for K, graphs in ((8, False), (1, True), (8, True), (32, True)):
+        tr = trainer(K, dev, data, graphs)
+        label = f"engine {'CUDA graphs' if tr.graphed is not None else 'eager fast path'}, K={K}"
+        rows.append({"contender": label, "K": K,
+                     "member_steps_per_s": K * rate(tr.train_steps, args.steps, dev)})
+    for r in rows:
+        r["ratio_vs_plain"] = r["member_steps_per_s"] / plain
+        r["minutes_for_1e7_steps"] = 1e7 * r["K"] / r["member_steps_per_s"] / 60
+        r["fraction_of_fp64_peak"] = r["member_steps_per_s"] * flops / peak
+    res["rows"] = rows
+
+    # 3. correctness against the plain loop on this device
+    tr = trainer(2, dev, data, lr=(5e-4, 1e-3), wd=(0.0, 0.01))
+    tr.train_steps(1000)
+    dev_rel = []
+    for k in range(2):
+        from tests.test_engine import plain_reference   # the test suite's independent loop
+        cpu_train = paper_data(100, 0, torch.float64, "cpu")[0]
+        ref = plain_reference(cpu_train, k, tr.cfg.lr[k], tr.cfg.wd[k], 1000)
+        got = [tr.model.weights[0][k], tr.model.biases[0][k], tr.model.weights[1][k],
+               tr.model.biases[1][k], tr.model.weights[2][k], tr.model.biases[2][k]]
+        dev_rel.append(max(((a.cpu() - b).abs().max() / b.abs().max()).item() for a, b in zip(got, ref)))
+    res["max_relative_deviation_vs_plain_cpu_loop_1000_steps"] = max(dev_rel)
+
+    # 4. a real run with log points, checkpoints and the HTSR monitor
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = RunConfig(seeds=tuple(range(8)), device=dev.type, steps=args.full_steps, runs_dir=tmp,
+                        name="full", progress=False, ww_per_decade=0, esd_per_decade=0,
+                        plot_minutes=5.0)
+        rd = RunDir(cfg)
+        full = Trainer(cfg, rd, data)
+        with rd.lock():
+            rd.create(data[2])
+            t = time.perf_counter()
+            summary = full.run()
+            wall = time.perf_counter() - t
+    res["full_run"] = {"steps": args.full_steps, "K": 8, "wall_s": wall,
+                       "member_steps_per_s_training": summary.get("member_steps_per_s"),
+                       "member_steps_per_s_all_in": 8 * args.full_steps / wall,
+                       "minutes_for_1e7_steps_all_in": 1e7 / (args.full_steps / wall) / 60}
+
+    # 5. penalty and controllers (hooks run the eager path)
+    base = rate(trainer(8, dev, data).train_steps, args.steps // 4, dev)
+    over = {}
+    for method in ("penalty", "lr_controller", "wd_controller"):
+        r = rate(trainer(8, dev, data, method=method).train_steps, args.steps // 4, dev)
+        over[method] = base / r - 1
+    res["hook_overhead_vs_none"] = over
+    res["hook_base_member_steps_per_s"] = 8 * base
+
+    print(f"{name}, float64, batch 200, 784-200-200-10; {flops / 1e6:.1f} MFLOP per member-step; "
+          f"fp64 peak {peak / 1e12:.1f} TFLOP/s")
+    for r in rows:
+        print(f"{r['contender']:34s} {r['member_steps_per_s']:12.0f} member-steps/s  x{r['ratio_vs_plain']:6.2f}  "
+              f"{r['minutes_for_1e7_steps']:8.1f} min per 1e7 steps  {r['fraction_of_fp64_peak']:7.2%} of peak")
+    print(f"graph path vs plain loop after 1000 steps: max relative deviation "
+          f"{res['max_relative_deviation_vs_plain_cpu_loop_1000_steps']:.2e}")
+    f = res["full_run"]
+    print(f"real run K=8, {f['steps']} steps, log points + checkpoints + HTSR monitor: "
+          f"{f['member_steps_per_s_all_in']:.0f} member-steps/s -> {f['minutes_for_1e7_steps_all_in']:.1f} min per 1e7")
+    print("hook overhead vs --method none (eager, K=8): " +
+          ", ".join(f"{m} {v:+.1%}" for m, v in over.items()))
+    return save_results(args.json, res)
+
+
+if __name__ == "__main__":
+    main()
