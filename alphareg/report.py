@@ -92,6 +92,34 @@ def htsr_tables(htsr_rows: list[dict], phases: list) -> str:
     return "\n".join(out)
 
 
+def trajectory_table(metrics: list[dict], htsr_rows: list[dict], per_decade: int = 4) -> str:
+    """Markdown table: at about ``per_decade`` analysed steps per decade, test accuracy and the
+    alpha of every layer (mean over members), read from metrics.csv and htsr.csv."""
+    steps = sorted({int(r["step"]) for r in htsr_rows if int(r["step"]) > 0})
+    if not steps:
+        return ""
+    picked, last = [], -1.0
+    for s in steps:   # the first analysed step of each 1/per_decade of a decade, and the last one
+        b = math.floor(math.log10(s) * per_decade)
+        if b != last or s == steps[-1]:
+            picked.append(s)
+            last = b
+    layers = list(dict.fromkeys(r["layer"] for r in htsr_rows))
+    alpha = defaultdict(list)
+    for r in htsr_rows:
+        if r.get("alpha", "") not in ("", None):
+            alpha[(int(r["step"]), r["layer"])].append(float(r["alpha"]))
+    acc = defaultdict(list)
+    for r in metrics:
+        acc[int(r["step"])].append(float(r["test_acc"]))
+    out = [f"### Table 5 — alpha along training (mean over members; {per_decade} steps per decade)\n",
+           "| step | test acc | " + " | ".join(layers) + " |", "|---" * (len(layers) + 2) + "|"]
+    for s in dict.fromkeys(picked):
+        cells = [_mean_sd(alpha[(s, layer)]).split(" ±")[0] for layer in layers]
+        out.append(f"| {s} | {_mean_sd(acc.get(s, [])).split(' ±')[0]} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def phase_summary(phases: list) -> dict:
     """Collapse / warning figures of every member plus their means, for summary.json."""
     members = [mp.brief() for mp in phases]
@@ -135,7 +163,8 @@ def finalize_run(run_path, rules=None, wait_label: str = "") -> dict:
         f.write("step,member,phase\n")
         f.writelines(f"{s},{k},{lab}\n" for (k, s), lab in sorted(labels.items(), key=lambda t: (t[0][1], t[0][0])))
     if htsr_rows:
-        (run_path / "tables.md").write_text(htsr_tables(htsr_rows, phases))
+        (run_path / "tables.md").write_text(htsr_tables(htsr_rows, phases) + "\n" +
+                                            trajectory_table(metrics, htsr_rows))
     plot_run(run_path, phases=phases)
     _esd_figures(run_path)
     return summary
