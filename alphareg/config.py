@@ -355,6 +355,9 @@ class RunConfig:
         bad = [n for n in self.penalty_layers if n not in names]
         if bad:
             raise ConfigError(f"--penalty-layers {_fmt(bad)} unknown; this model has {', '.join(names)}")
+        if "early_stop" in comps and self.task != "mnist":
+            raise ConfigError(f"--method early_stop needs a validation split, which --task {self.task} "
+                              "does not have (only --task mnist: --val-per-class)")
         if "early_stop" in comps and self.val_per_class == 0:
             raise ConfigError("--method early_stop needs a validation split: give --val-per-class N "
                               "(e.g. 100; drawn from MNIST train, never the test set)")
