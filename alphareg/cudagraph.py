@@ -2,7 +2,8 @@
 
 A graph holds G consecutive steps of every member: batch gather, the hand-written forward and
 backward (``alphareg.fastmlp``, one ``bmm`` per product over the K members) and a graph-safe
-AdamW whose bias corrections come from a step counter kept on the device. Between replays
+AdamW on flat buffers whose bias corrections come from a step counter kept on the device
+(``FlatAdamW``: ~10 element-wise kernels per step for all parameters of all members). Between replays
 nothing is synchronised: the host draws the next G batches of every member with the same
 per-member ``EpochSampler`` as the CPU path (so the trajectory is the CPU path's, to round-off),
 copies them into the graph's static index buffer (one pinned, asynchronous copy of G x K x B
@@ -17,24 +18,63 @@ from __future__ import annotations
 import torch
 
 
-def adamw_tensor_step(opt, t: torch.Tensor) -> None:
-    """One step of ``StackedAdamW``'s update (the same formula) with the step count ``t`` a
-    device tensor, so that bias corrections need no host value: t <- t + 1,
-    p <- p (1 - lr wd); m <- lerp(m, g, 1 - b1); v <- b2 v + (1 - b2) g^2;
-    p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)."""
-    t.add_(1)
-    b1, b2 = opt.beta1, opt.beta2
-    bc1 = 1 - torch.pow(b1, t)
-    bc2_sqrt = torch.sqrt(1 - torch.pow(b2, t))
-    for p, m, v, lr, wd in zip(opt.params, opt.exp_avg, opt.exp_avg_sq, opt.lr, opt.wd):
-        g = p.grad
-        shape = (-1,) + (1,) * (p.dim() - 1)
-        lr_v = lr.view(shape)
-        p.mul_(1 - lr_v * wd.view(shape))
+class FlatAdamW:
+    """``StackedAdamW``'s update (the same formula) on one flat buffer per quantity, with the
+    step count a device tensor, so a step is ~10 element-wise kernels whatever the number of
+    parameters and needs no host value (graph-safe)::
+
+        t <- t + 1;  p <- p (1 - lr wd);  m <- lerp(m, g, 1 - b1);  v <- b2 v + (1 - b2) g^2
+        p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    On construction the parameters, their gradients (the fast path's buffers) and the moments of
+    ``opt`` are re-homed as views of flat buffers (values unchanged); lr and wd are expanded to
+    one value per element by ``refresh()`` (called outside the graph, before each replay).
+    """
+
+    def __init__(self, opt, grads: list):
+        self.opt = opt
+        params = opt.params
+        self.sizes = [p.numel() for p in params]
+        self.t = torch.tensor(float(opt.t), dtype=torch.float64, device=params[0].device)
+
+        def rehome(tensors):
+            flat = torch.cat([x.detach().reshape(-1) for x in tensors])
+            return flat, [v.view_as(x) for v, x in zip(flat.split(self.sizes), tensors)]
+
+        self.p, views = rehome(params)
+        for p, v in zip(params, views):
+            p.data = v
+        self.g, gviews = rehome(grads)
+        for g, v in zip(grads, gviews):
+            g.data = v
+        self.m, opt.exp_avg = rehome(opt.exp_avg)
+        self.v, opt.exp_avg_sq = rehome(opt.exp_avg_sq)
+        self.decay = torch.empty_like(self.p)
+        self.lr = torch.empty_like(self.p)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Per-element lr and 1 - lr wd from ``opt.lr`` / ``opt.wd`` ((K,) per parameter)."""
+        opt = self.opt
+        lr = torch.cat([l.view(-1, 1).expand(-1, n // len(l)).reshape(-1)
+                        for l, n in zip(opt.lr, self.sizes)])
+        wd = torch.cat([w.view(-1, 1).expand(-1, n // len(w)).reshape(-1)
+                        for w, n in zip(opt.wd, self.sizes)])
+        self.lr.copy_(lr)
+        torch.sub(1, lr * wd, out=self.decay)
+        self.t.fill_(float(opt.t))
+
+    def step(self) -> None:
+        b1, b2, eps = self.opt.beta1, self.opt.beta2, self.opt.eps
+        self.t.add_(1)
+        bc1 = 1 - torch.pow(b1, self.t)
+        bc2_sqrt = torch.sqrt(1 - torch.pow(b2, self.t))
+        p, g, m, v = self.p, self.g, self.m, self.v
+        p.mul_(self.decay)
         m.lerp_(g, 1 - b1)
         v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = (v.sqrt() / bc2_sqrt).add_(opt.eps)
-        p.sub_((lr_v / bc1) * (m / denom))
+        denom = (v.sqrt() / bc2_sqrt).add_(eps)
+        p.sub_((self.lr / bc1) * (m / denom))
 
 
 class GraphedSteps:
@@ -48,19 +88,28 @@ class GraphedSteps:
         self.sched = torch.zeros(self.G, K, B, dtype=torch.long, device=dev)
         self.host = torch.zeros(self.G, K, B, dtype=torch.long,
                                 pin_memory=dev.type == "cuda")
-        self.t = torch.tensor(float(trainer.opt.t), dtype=torch.float64, device=dev)
+        self.adam = None          # FlatAdamW, built at the first run (after any resume)
+        self.copied = None        # CUDA event: the last index copy has finished
         self.graph = None
         self.capture = capture and dev.type == "cuda"
 
     def _one_step(self, j: int) -> None:
         tr = self.tr
         tr.fast_step(tr.train_set.onehot, self.sched[j])
-        adamw_tensor_step(tr.opt, self.t)
+        self.adam.step()
 
     def _fill(self) -> None:
+        """Next G batches of every member into the static index buffer. The pinned host buffer
+        is reused only once its previous asynchronous copy has completed (an event), which
+        lets the host run at most about two graphs ahead of the device."""
+        if self.copied is not None:
+            self.copied.synchronize()
         for j in range(self.G):
             self.host[j] = self.tr.sampler.next()
         self.sched.copy_(self.host, non_blocking=True)
+        if self.sched.is_cuda:
+            self.copied = torch.cuda.Event()
+            self.copied.record()
 
     def _capture(self) -> None:
         torch.cuda.synchronize()
@@ -73,32 +122,27 @@ class GraphedSteps:
         torch.cuda.current_stream().wait_stream(side)
         self._restore(saved)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph):     # records the kernels, runs none of them
             for j in range(self.G):
                 self._one_step(j)
-        self._restore(saved)                   # capture ran the kernels once: undo them
 
     def _state(self):
-        opt = self.tr.opt
-        return ([p.detach().clone() for p in opt.params], [m.clone() for m in opt.exp_avg],
-                [v.clone() for v in opt.exp_avg_sq], self.t.clone())
+        return self.adam.p.clone(), self.adam.m.clone(), self.adam.v.clone(), self.adam.t.clone()
 
     def _restore(self, saved) -> None:
-        params, ms, vs, t = saved
-        opt = self.tr.opt
-        with torch.no_grad():
-            for dst, src in zip(opt.params, params):
-                dst.copy_(src)
-            for dst, src in zip(opt.exp_avg + opt.exp_avg_sq, ms + vs):
-                dst.copy_(src)
-            self.t.copy_(t)
+        for dst, src in zip((self.adam.p, self.adam.m, self.adam.v, self.adam.t), saved):
+            dst.copy_(src)
 
     @torch.no_grad()
     def run(self, n: int) -> int:
         """Advance by the largest multiple of G <= n; returns the number of steps done."""
         done = 0
         tr = self.tr
-        self.t.fill_(float(tr.opt.t))           # the host count may have moved (eager steps)
+        if n < self.G:
+            return 0
+        if self.adam is None:   # optimizer order: weights, then biases (PopulationMLP)
+            self.adam = FlatAdamW(tr.opt, tr.fast_step.grads_w + tr.fast_step.grads_b)
+        self.adam.refresh()                     # lr / wd / step count may have moved (eager steps)
         while n - done >= self.G:
             if self.capture and self.graph is None:
                 self._capture()
