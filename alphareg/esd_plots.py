@@ -43,7 +43,20 @@ def _layer_data(w: torch.Tensor, seed: int) -> dict:
     return {"ev": ev[ev > htsr.EVALS_THRESH], "fit": fit, "x": shuf * mp.w_scale ** 2, "mp": mp}
 
 
+def _degenerate(ax, d: dict, name: str) -> bool:
+    """A layer whose weights collapsed (fewer than 2 eigenvalues above weightwatcher's 1e-5
+    threshold, e.g. W_Q under wd 1.0): a note instead of log-scaled axes with no data."""
+    if len(d["ev"]) >= 2 and np.isfinite(d["x"]).all() and (d["x"] > 0).any():
+        return False
+    ax.text(0.5, 0.5, f"{name}: {len(d['ev'])} eigenvalue(s) above {htsr.EVALS_THRESH:g}\n(not fitted)",
+            ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+    return True
+
+
 def _plot_pl(ax, d: dict, name: str) -> None:
+    if _degenerate(ax, d, name):
+        return
     ev, fit = d["ev"], d["fit"]
     bins = np.logspace(np.log10(ev.min()), np.log10(ev.max()), 40)
     ax.hist(ev, bins=bins, density=True, color="tab:blue", alpha=0.55, label="ESD")
@@ -63,6 +76,8 @@ def _plot_pl(ax, d: dict, name: str) -> None:
 
 
 def _plot_mp(ax, d: dict, name: str, traps: bool) -> None:
+    if _degenerate(ax, d, name):
+        return
     x, mp = d["x"], d["mp"]
     if traps:
         ax.hist(x, bins=80, color="tab:gray", alpha=0.6, label="shuffled ESD")

@@ -152,6 +152,7 @@ def plot_alpha(htsr: pd.DataFrame, metrics: pd.DataFrame, path: Path, phases=Non
     _shade_phases(ax, phases)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     d = htsr.copy()
+    d["alpha"] = d["alpha"].where(d["alpha"] >= 0)   # -1 = not fitted (weightwatcher's sentinel)
     avg = d.groupby(["step", "member"], as_index=False)["alpha"].mean()
     avg["alpha_mean"] = avg["alpha"]
     _lines(ax, avg, "alpha_mean", "mean alpha", "black")

@@ -64,6 +64,14 @@ def _mean_sd(vals: list[float]) -> str:
     return f"{statistics.fmean(vals):.3g} ± {statistics.stdev(vals):.2g}"
 
 
+def _value(row: dict, col: str) -> float:
+    """A float cell of htsr.csv; NaN when empty, and for alpha when not fitted (weightwatcher's
+    sentinel -1: too few eigenvalues above 1e-5, e.g. a layer weight decay drove to zero)."""
+    v = row.get(col, "")
+    x = float(v) if v not in ("", None) else math.nan
+    return math.nan if col == "alpha" and x < 0 else x
+
+
 def htsr_tables(htsr_rows: list[dict], phases: list) -> str:
     """Markdown tables in the layout of paper A Tables 1, 2 and 4: per layer, mean ± sd over
     members of alpha, correlation traps, and the KS statistic / p-value, at the phase points."""
@@ -74,8 +82,7 @@ def htsr_tables(htsr_rows: list[dict], phases: list) -> str:
         for name, step in phase_points(mp).items():
             for r in _nearest_row(mine, step):
                 for col in ("alpha", "traps_mean", "ks_stat", "ks_pvalue"):
-                    v = r.get(col, "")
-                    cells[(col, r["layer"], name)].append(float(v) if v not in ("", None) else math.nan)
+                    cells[(col, r["layer"], name)].append(_value(r, col))
     out = []
     for title, col in (("Table 1 — HTSR alpha", "alpha"), ("Table 2 — correlation traps (mean over shuffles)", "traps_mean"),
                        ("Table 4a — KS statistic, shuffled ESD vs fitted MP", "ks_stat"),
@@ -88,7 +95,8 @@ def htsr_tables(htsr_rows: list[dict], phases: list) -> str:
         out.append("")
     pts = "; ".join(f"member {mp.member}: " + ", ".join(f"{k} {v}" for k, v in phase_points(mp).items())
                     for mp in phases)
-    out.append(f"Steps read (the latest analysed step at or before each): {pts}.\n")
+    out.append(f"Steps read (the latest analysed step at or before each): {pts}. "
+               "— = not fitted (fewer than 2 eigenvalues above 1e-5) or not analysed.\n")
     return "\n".join(out)
 
 
@@ -107,8 +115,7 @@ def trajectory_table(metrics: list[dict], htsr_rows: list[dict], per_decade: int
     layers = list(dict.fromkeys(r["layer"] for r in htsr_rows))
     alpha = defaultdict(list)
     for r in htsr_rows:
-        if r.get("alpha", "") not in ("", None):
-            alpha[(int(r["step"]), r["layer"])].append(float(r["alpha"]))
+        alpha[(int(r["step"]), r["layer"])].append(_value(r, "alpha"))
     acc = defaultdict(list)
     for r in metrics:
         acc[int(r["step"])].append(float(r["test_acc"]))
