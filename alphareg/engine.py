@@ -376,7 +376,7 @@ class Trainer:
                 plot_run(self.run_dir.path)
             if not finished and self.tracker is not None:
                 self.tracker.close()
-        write_json_atomic(self.run_dir / SUMMARY, self.summary())
+            write_json_atomic(self.run_dir / SUMMARY, self.summary())   # interrupted runs too
         from .report import finalize_run
         summary = finalize_run(self.run_dir.path)
         if self.tracker is not None:
