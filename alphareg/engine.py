@@ -103,7 +103,7 @@ class Trainer:
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ the task (MNIST MLP)
-    # ``alphareg.modadd.ModAddTrainer`` overrides these five for the modular-addition transformer
+    # ``alphareg.modadd.ModAddTrainer`` overrides these for the modular-addition transformer
     def load_data(self) -> tuple[Split, Split, dict]:
         c = self.cfg
         return paper_data(c.n_per_class, c.data_seed, self.dtype, self.device, c.data_dir)
