@@ -77,3 +77,22 @@ def test_tables_read_the_phase_points():
     md = htsr_tables(htsr, phases)
     assert "| fc1 | 4 ± 0 | 2.1 ± 0.14 | 1 ± 0 |" in md      # alpha: (2.0, 2.2) at the peak
     assert "| fc1 | 0.5 ± 0.71 | 0.5 ± 0.71 | 0.5 ± 0.71 |" in md   # traps 0 and 1
+
+
+def test_trajectory_table_and_unfitted_alpha():
+    """Table 5 picks about 4 analysed steps per decade plus the last one, averages members, and
+    shows weightwatcher's not-fitted sentinel (alpha -1) as missing, not as a number."""
+    from alphareg.report import trajectory_table
+    steps = [1, 2, 3, 5, 10, 13, 20, 100, 150]
+    metrics = [{"step": s, "member": k, "test_acc": 0.1 * k} for k in (0, 1) for s in steps]
+    htsr = [{"step": s, "member": k, "layer": layer, "alpha": (-1.0 if layer == "q" and s >= 100 else 2.0 + k)}
+            for k in (0, 1) for s in steps for layer in ("emb", "q")]
+    md = trajectory_table(metrics, htsr, per_decade=4)
+    rows = [l for l in md.splitlines() if l.startswith("| ") and l[2].isdigit()]
+    # bins floor(4 log10 s): 1->0, 2,3->1, 5->2, 10,13->4, 20->5, 100,150->8 (150: the last step)
+    assert [int(r.split("|")[1]) for r in rows] == [1, 2, 5, 10, 20, 100, 150]
+    assert "| 1 | 0.05 | 2.5 | 2.5 |" in md                  # means over the two members
+    assert "| 150 | 0.05 | 2.5 | — |" in md                  # -1 (not fitted) -> missing
+    md1 = htsr_tables([{**r, "traps_mean": 0.0, "ks_stat": 0.1, "ks_pvalue": 0.5} for r in htsr],
+                      analyse_run([{**m, "train_acc": 1.0} for m in metrics], htsr, PhaseRules()))
+    assert "-1" not in md1
