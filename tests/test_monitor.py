@@ -58,3 +58,17 @@ def test_esd_steps():
     snaps = [0, 1, 3, 10, 32, 100, 316, 1000, 2000]
     assert esd_steps(snaps, 2000, 1) == [0, 1, 10, 100, 1000, 2000]
     assert esd_steps(snaps, 2000, 0) == []
+
+
+def test_esd_figures_survive_a_collapsed_layer(tmp_path):
+    """A layer weight decay drove to ~0 (no eigenvalue above 1e-5, as W_Q under wd 1.0 on modular
+    addition) gets a note instead of crashing the figure (empty log-scaled axes)."""
+    pop = PopulationMLP([784, 200, 200, 10], seeds=[0])
+    with torch.no_grad():
+        pop.weights[1].mul_(1e-6)
+    path = tmp_path / "step_000000005.pt"
+    torch.save({"step": 5, "seeds": [0], "layers": pop.layer_names(),
+                "weights": [w.detach() for w in pop.weights],
+                "biases": [b.detach() for b in pop.biases]}, path)
+    made = plot_esd_snapshot(tmp_path, path, seed=0)
+    assert len(made) == 2 and all(p.is_file() for p in made)
