@@ -155,11 +155,22 @@ class RunDir:
 
     # ------------------------------------------------------------------ metrics table
     def append_metrics(self, rows: Iterable[dict]) -> None:
+        """Append rows; when they carry columns the table lacks (a run written by an older
+        version, resumed by a newer one) the table is first rewritten with those columns added
+        (empty in the old rows), so every line keeps the header's number of fields."""
         rows = list(rows)
         path = self.path / METRICS
         new = not path.is_file()
+        fields = list(rows[0])
+        if not new:
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), [])
+            missing = [c for c in fields if c not in header]
+            if missing:
+                rewrite_csv(path, header + missing)
+            fields = header + missing if header else fields
         with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w = csv.DictWriter(f, fieldnames=fields, restval="")
             if new:
                 w.writeheader()
             w.writerows(rows)
@@ -176,17 +187,24 @@ class RunDir:
 
 def truncate_csv(path: Path, last_step: int) -> None:
     """Rewrite a table with a ``step`` column keeping the rows with step <= last_step (atomic)."""
-    if not path.is_file():
-        return
+    if path.is_file():
+        rewrite_csv(path, keep=lambda r: int(r["step"]) <= last_step)
+
+
+def rewrite_csv(path: Path, fields: list[str] | None = None, keep=None) -> None:
+    """Atomically rewrite a table: with header ``fields`` (default: its own; cells of new
+    columns empty) and only the rows for which ``keep(row)`` is true (default: all)."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        fields = reader.fieldnames
-        keep = [r for r in reader if int(r["step"]) <= last_step]
+        fields = fields or reader.fieldnames
+        rows = [r for r in reader if keep is None or keep(r)]
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
-        w.writerows(keep)
+        w.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -199,3 +199,24 @@ def test_extending_steps_continues_the_same_trajectory(tmp_path, paper_split):
     grown.run()
     for a, b in zip(_params(long), _params(grown)):
         assert torch.equal(a, b)
+
+
+def test_metrics_table_gains_new_columns_when_an_old_run_is_resumed(tmp_path):
+    """A run written before a column existed (e.g. lr_<layer>) and resumed by a newer version:
+    the table is rewritten with the new columns (empty in old rows), every line parses."""
+    import pandas as pd
+    from alphareg.rundir import read_metrics
+    cfg = RunConfig(runs_dir=str(tmp_path), name="old", progress=False)
+    rd = RunDir(cfg)
+    rd.create({"source": "test"})
+    rd.append_metrics([{"step": 1, "member": 0, "test_acc": 0.5, "wall_time": 1.0}])
+    rd.append_metrics([{"step": 2, "member": 0, "test_acc": 0.6, "lr_fc1": 5e-4, "wall_time": 2.0}])
+    rd.append_metrics([{"step": 3, "member": 0, "test_acc": 0.7, "lr_fc1": 5e-4, "wall_time": 3.0}])
+    rows = read_metrics(rd.path)
+    assert list(rows[0]) == ["step", "member", "test_acc", "wall_time", "lr_fc1"]
+    assert [r["lr_fc1"] for r in rows] == ["", "0.0005", "0.0005"]
+    assert [r["wall_time"] for r in rows] == ["1.0", "2.0", "3.0"]
+    df = pd.read_csv(rd.path / "metrics.csv")
+    assert df.shape == (3, 5)
+    rd.truncate_metrics(2)
+    assert [r["step"] for r in read_metrics(rd.path)] == ["1", "2"]
