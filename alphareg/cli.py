@@ -233,8 +233,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def run_main(prog: str, description: str, argv: Sequence[str] | None = None,
              default_method: str = "none") -> int:
     """Parse, validate, prepare the run directory, train. Returns the exit code."""
-    import torch
-
     from .engine import Interrupted, make_trainer, resolve_device
     from .rundir import RunDir
 
