@@ -37,7 +37,20 @@ def make_mlp(sizes: Sequence[int], seed: int, init_scale: float = 8.0,
     return model
 
 
-class PopulationMLP(nn.Module):
+class StackedPopulation(nn.Module):
+    """Base of the population models: ``seeds`` (one member each) and ``weights`` (the HTSR
+    layers' (K, out, in) stacks) define K and the number of layers."""
+
+    @property
+    def K(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.weights)
+
+
+class PopulationMLP(StackedPopulation):
     """K MLPs with stacked parameters: ``weights[l]`` (K, out, in), ``biases[l]`` (K, out)."""
 
     def __init__(self, sizes: Sequence[int], seeds: Sequence[int], init_scale: float = 8.0,
@@ -53,14 +66,6 @@ class PopulationMLP(nn.Module):
         self.biases = nn.ParameterList(
             nn.Parameter(torch.stack([lin[l].bias.detach() for lin in linears]))
             for l in range(len(sizes) - 1))
-
-    @property
-    def K(self) -> int:
-        return len(self.seeds)
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.weights)
 
     def layer_names(self) -> list[str]:
         return [f"fc{l + 1}" for l in range(self.n_layers)]

@@ -28,6 +28,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .models import StackedPopulation
+
 #: HTSR layers in order: (name, standalone module attribute, has bias)
 LAYERS = (("embed", "embed", False), ("attn_q", "W_Q", False), ("attn_k", "W_K", False),
           ("attn_v", "W_V", False), ("attn_o", "W_O", False), ("mlp_in", "mlp_in", True),
@@ -95,7 +97,7 @@ class ModAddTransformer(nn.Module):
         return self.unembed(x[:, -1])
 
 
-class PopulationTransformer(nn.Module):
+class PopulationTransformer(StackedPopulation):
     """K transformers with stacked parameters: ``weights[l]`` (K, out, in) in ``LAYERS`` order
     (the embedding as (K, p + 1, d_model), like ``nn.Embedding.weight``), ``biases`` = the MLP
     biases, ``pos_embed`` (K, 3, d_model). Member k equals ``ModAddTransformer(seed=seeds[k])``."""
@@ -113,14 +115,6 @@ class PopulationTransformer(nn.Module):
         self.weights = nn.ParameterList(stack(f"{attr}.weight") for _, attr, _ in LAYERS)
         self.biases = nn.ParameterList(stack(f"{attr}.bias") for _, attr, b in LAYERS if b)
         self.pos_embed = stack("pos_embed.weight")
-
-    @property
-    def K(self) -> int:
-        return len(self.seeds)
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.weights)
 
     def layer_names(self) -> list[str]:
         return list(LAYER_NAMES)

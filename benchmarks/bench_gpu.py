@@ -101,15 +101,10 @@ def main(argv=None) -> dict:
     # 3. correctness against the plain loop on this device
     tr = trainer(2, dev, data, lr=(5e-4, 1e-3), wd=(0.0, 0.01))
     tr.train_steps(1000)
-    dev_rel = []
-    for k in range(2):
-        from tests.test_engine import plain_reference   # the test suite's independent loop
-        cpu_train = paper_data(100, 0, torch.float64, "cpu")[0]
-        ref = plain_reference(cpu_train, k, tr.cfg.lr[k], tr.cfg.wd[k], 1000)
-        got = [tr.model.weights[0][k], tr.model.biases[0][k], tr.model.weights[1][k],
-               tr.model.biases[1][k], tr.model.weights[2][k], tr.model.biases[2][k]]
-        dev_rel.append(max(((a.cpu() - b).abs().max() / b.abs().max()).item() for a, b in zip(got, ref)))
-    res["max_relative_deviation_vs_plain_cpu_loop_1000_steps"] = max(dev_rel)
+    from tests.test_engine import deviation_from_plain_loop   # the test suite's independent loop
+    cpu_train = paper_data(100, 0, torch.float64, "cpu")[0]
+    res["max_relative_deviation_vs_plain_cpu_loop_1000_steps"] = max(
+        deviation_from_plain_loop(tr, cpu_train, k, 1000) for k in range(2))
 
     # 4. a real run with log points, checkpoints and the HTSR monitor
     with tempfile.TemporaryDirectory() as tmp:
