@@ -114,7 +114,7 @@ def early_warning(htsr_rows: Iterable[dict], train_acc: dict[int, float], rules:
         for r in by_step[st]:
             if kind == "alpha":
                 alpha = _num(r.get("alpha"))
-                if alpha is not None and alpha < rules.alpha_threshold:
+                if alpha is not None and 0 <= alpha < rules.alpha_threshold:   # -1 = not fitted
                     out.append(f"alpha({r['layer']})={alpha:.2f}<{rules.alpha_threshold:g}")
             else:
                 traps = _num(r.get("traps_mean"))

@@ -1,90 +1,200 @@
-"""Side-by-side verdict of finished runs: did the method prevent the late collapse, at what cost?
+"""The verdict: did a method prevent the late collapse, at what cost? Runs side by side.
 
-One row per run and member, read only from the run directories (``config.json``,
-``metrics.csv``, ``htsr.csv``, ``summary.json``; nothing typed in):
+Everything is read from run directories (``config.json``, ``metrics.csv``, ``htsr.csv``,
+``summary.json``); nothing is typed in. Optionally every run is cut at a common ``horizon``
+(steps): rows logged after it are ignored, so runs that got different distances compare fairly.
 
-* peak test accuracy and its step; test accuracy at 10^6 and 10^7 steps (the last log point at or
-  before them; empty if the run did not get there); final test and train accuracy;
-* min alpha: the smallest weightwatcher alpha of any layer over the steps after the test-accuracy
-  peak (the late phase the question is about), with its layer; alpha of every layer at the end;
-* traps at the end: mean correlation-trap count of every layer at the last analysed step;
-* collapsed: the phase labeller's verdict (test accuracy ``collapse_drop`` below its peak at some
-  later log point, ``alphareg.phases``); "late drop prevented" = not collapsed.
+Per member (one row per run × member, ``run_rows``):
 
-``write_verdict`` writes ``verdict.csv``, ``verdict.md`` and ``verdict_test_acc_alpha.png``.
+* peak test accuracy a* and its step; test accuracy at 10^6 and 10^7 steps (the last log point at
+  or before them; empty unless the run got there); final (= at the horizon) test / train accuracy
+  and drop = a* − final;
+* min alpha after the peak: the smallest fitted weightwatcher alpha of any layer at the analysed
+  steps ≥ the peak step, with its layer; alpha and mean trap count of every layer at the last
+  analysed step; the largest trap count of any layer after the peak;
+* phases (``alphareg.phases.analyse_run`` with ``rules``): collapsed = test accuracy fell
+  ``collapse_drop`` below a* at a later log point; "collapse prevented" = not collapsed (up to the
+  steps reached); early warning step, its reason, lead time = collapse step − warning step;
+* cost: wall time of the run up to the horizon (training seconds, shared by the K members trained
+  together), K, device and host.
+
+Per method (``method_rows``; a method = ``member_label``: method, its non-default settings, lr and
+wd): seeds, mean ± sd of the numbers above, collapsed / prevented counts, mean lead time.
+``paper_tables`` puts our Tables 1 and 2 (alpha and traps of every layer, mean ± sd over the
+method's members, at paper A's steps moved to the method's lr and at the end) beside paper A's
+values (``alphareg.paper_values``). ``write_verdict`` writes all of it plus Figure 1 (accuracy) and
+Figure 4 (alpha per layer) style plots per method and one comparison figure.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+import re
+import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from .rundir import CONFIG, METRICS, SUMMARY
+from .config import RunConfig
 from .monitor import HTSR
+from .phases import PhaseRules, analyse_run
+from .report import _mean_sd, _nearest_row, _value
+from .rundir import CONFIG, METRICS, SUMMARY
 
-COLUMNS = ("run", "method", "seed", "steps", "peak_test_acc", "peak_step", "test_acc_1e6",
-   "test_acc_1e7", "final_test_acc",
-           "final_train_acc", "drop_from_peak", "min_alpha_after_peak", "min_alpha_layer",
-           "end_alpha", "end_traps", "collapsed", "late_drop_prevented", "wall_time_s")
+COLUMNS = ("method", "run", "member", "seed", "steps", "peak_test_acc", "peak_step", "test_acc_1e6",
+           "test_acc_1e7", "final_test_acc", "final_train_acc", "drop_from_peak",
+           "min_alpha_after_peak", "min_alpha_layer", "max_traps_after_peak", "end_alpha",
+           "end_traps", "collapsed", "collapse_step", "collapse_prevented", "warning_step",
+           "warning_reason", "lead_time", "wall_time_s", "K", "device")
+
+
+@dataclass
+class RunData:
+    """One run directory read (and cut at the horizon): config, summary and table rows."""
+    path: Path
+    cfg: RunConfig
+    provenance: dict
+    summary: dict
+    metrics: list[dict]
+    htsr: list[dict]
+    phases: list = field(default_factory=list)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_run(path: str | Path, rules: PhaseRules | None = None, horizon: int | None = None) -> RunData:
+    path = Path(path)
+    raw = json.loads((path / CONFIG).read_text())
+    summary = json.loads((path / SUMMARY).read_text()) if (path / SUMMARY).is_file() else {}
+    keep = (lambda r: True) if horizon is None else (lambda r: int(r["step"]) <= horizon)
+    metrics = [r for r in _read_csv(path / METRICS) if keep(r)]
+    htsr = [r for r in _read_csv(path / HTSR) if keep(r)]
+    if not metrics:
+        raise ValueError(f"{path}: no metrics rows" + (f" at or before step {horizon}" if horizon else ""))
+    run = RunData(path, RunConfig.from_dict(raw["config"]), raw.get("provenance", {}), summary,
+                  metrics, htsr)
+    run.phases = analyse_run(metrics, htsr, rules or PhaseRules())
+    return run
+
+
+def member_label(cfg: RunConfig, k: int) -> str:
+    """What member ``k`` of a run trained with: method, its settings that differ from the
+    defaults (target always), lr, wd — and the task/dtype when not the MNIST paper defaults."""
+    from .methods import method_fields
+    default = RunConfig.for_task(cfg.task)
+    parts = [cfg.method if cfg.method != "none" else "plain"]
+    if cfg.method != "none":
+        for name in sorted(method_fields(cfg.method) - {"method"}):
+            v = cfg.method_value(name)
+            if any(name in o for o in cfg.member_overrides):
+                v = v[k]
+            if name == "target_alpha" or v != getattr(default, name):
+                v = list(v) if isinstance(v, (list, tuple)) else v
+                parts.append(f"{name} {v:g}" if isinstance(v, float) else f"{name} {v}")
+    parts += [f"lr {cfg.member_lrs()[k]:g}", f"wd {cfg.member_wds()[k]:g}"]
+    if cfg.task != "mnist":
+        parts.insert(0, cfg.task)
+    if cfg.dtype != default.dtype:
+        parts.append(cfg.dtype)
+    return ", ".join(parts)
 
 
 def _fmt_layers(d: dict) -> str:
     return " ".join(f"{k}:{v:.2f}" for k, v in d.items())
 
 
-def run_rows(path: str | Path) -> list[dict]:
-    path = Path(path)
-    cfg = json.loads((path / CONFIG).read_text())["config"]
-    summary = json.loads((path / SUMMARY).read_text())
-    m = pd.read_csv(path / METRICS)
-    h = pd.read_csv(path / HTSR) if (path / HTSR).is_file() else pd.DataFrame()
-    collapsed = {p["member"]: bool(p["collapsed"]) for p in summary.get("phases", [])}
+def _device(run: RunData) -> str:
+    dev = run.summary.get("device") or run.cfg.device
+    host = run.provenance.get("host")
+    return f"{dev} ({host})" if host else str(dev)
+
+
+def run_rows(path_or_run, rules: PhaseRules | None = None, horizon: int | None = None) -> list[dict]:
+    """One verdict row per member of a run (see the module docstring)."""
+    run = path_or_run if isinstance(path_or_run, RunData) else load_run(path_or_run, rules, horizon)
     rows = []
-    for k, d in m.groupby("member"):
-        d = d.sort_values("step")
-        peak = d.loc[d["test_acc"].idxmax()]
-        last = d.iloc[-1]
-        row = {"run": path.name, "method": cfg.get("method", "none"), "seed": int(last["seed"]),
-               "steps": int(last["step"]), "peak_test_acc": float(peak["test_acc"]),
-               "peak_step": int(peak["step"]), "final_test_acc": float(last["test_acc"]),
-               "final_train_acc": float(last["train_acc"]),
-               "drop_from_peak": float(peak["test_acc"] - last["test_acc"]),
-               "wall_time_s": summary.get("wall_time_s")}
+    for mp in run.phases:
+        k = mp.member
+        d = sorted((r for r in run.metrics if int(r["member"]) == k), key=lambda r: int(r["step"]))
+        last = d[-1]
+        steps = int(last["step"])
+        row = {"method": member_label(run.cfg, k), "run": run.path.name, "member": k,
+               "seed": int(last["seed"]), "steps": steps,
+               "peak_test_acc": mp.peak_test_acc, "peak_step": mp.peak_step,
+               "final_test_acc": float(last["test_acc"]), "final_train_acc": float(last["train_acc"]),
+               "drop_from_peak": mp.peak_test_acc - float(last["test_acc"]),
+               "collapsed": mp.collapsed, "collapse_step": mp.collapse_step,
+               "collapse_prevented": not mp.collapsed, "warning_step": mp.warning_step,
+               "warning_reason": mp.warning_reason, "lead_time": mp.lead_time,
+               "wall_time_s": float(last["wall_time"]) if last.get("wall_time") not in (None, "") else None,
+               "K": run.cfg.K, "device": _device(run)}
         for label, at in (("test_acc_1e6", 10**6), ("test_acc_1e7", 10**7)):
-            upto = d[d["step"] <= at]       # the log point at or just before; None if not reached
-            row[label] = float(upto.iloc[-1]["test_acc"]) if int(last["step"]) >= at else None
-        hk = h[h["member"] == k] if not h.empty else h
-        if not hk.empty:
-            late = hk[hk["step"] >= row["peak_step"]]
-            late = late if not late.empty else hk
-            i = late["alpha"].idxmin()
-            row["min_alpha_after_peak"] = float(late.loc[i, "alpha"])
-            row["min_alpha_layer"] = str(late.loc[i, "layer"])
-            end = hk[hk["step"] == hk["step"].max()].sort_values("layer")
-            row["end_alpha"] = _fmt_layers(dict(zip(end["layer"], end["alpha"])))
-            row["end_traps"] = _fmt_layers(dict(zip(end["layer"], end["traps_mean"])))
-        c = collapsed.get(int(k))
-        row["collapsed"] = c
-        row["late_drop_prevented"] = None if c is None else not c
+            upto = [r for r in d if int(r["step"]) <= at]
+            row[label] = float(upto[-1]["test_acc"]) if steps >= at else None
+        hk = [r for r in run.htsr if int(r["member"]) == k]
+        if hk:
+            late = [r for r in hk if int(r["step"]) >= mp.peak_step] or hk
+            fitted = [r for r in late if not math.isnan(_value(r, "alpha"))]
+            if fitted:
+                lo = min(fitted, key=lambda r: _value(r, "alpha"))
+                row["min_alpha_after_peak"], row["min_alpha_layer"] = _value(lo, "alpha"), lo["layer"]
+            row["max_traps_after_peak"] = max(_value(r, "traps_mean") for r in late)
+            end_step = max(int(r["step"]) for r in hk)
+            end = sorted((r for r in hk if int(r["step"]) == end_step), key=lambda r: r["layer"])
+            row["end_alpha"] = _fmt_layers({r["layer"]: _value(r, "alpha") for r in end})
+            row["end_traps"] = _fmt_layers({r["layer"]: _value(r, "traps_mean") for r in end})
         rows.append(row)
     return rows
 
 
-def write_verdict(runs, out_dir: str | Path) -> list[dict]:
-    """Rows of every run (``run_rows``) into ``out_dir``: CSV, Markdown table, figure."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [r for run in runs for r in run_rows(run)]
-    with open(out / "verdict.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    (out / "verdict.md").write_text(markdown_table(rows))
-    plot_verdict(runs, out / "verdict_test_acc_alpha.png")
-    return rows
+# ---------------------------------------------------------------------------- per method
+def _stats(vals) -> tuple[float, float] | None:
+    vals = [float(v) for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def method_rows(rows: list[dict]) -> list[dict]:
+    """Rows grouped by ``method`` (order of first appearance): counts and mean ± sd."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["method"], []).append(r)
+    out = []
+    for label, rs in groups.items():
+        n = len(rs)
+        agg = {"method": label, "n": n, "seeds": ",".join(str(r["seed"]) for r in rs),
+               "steps_min": min(r["steps"] for r in rs), "steps_max": max(r["steps"] for r in rs),
+               "collapsed": sum(bool(r["collapsed"]) for r in rs),
+               "prevented": sum(bool(r["collapse_prevented"]) for r in rs),
+               "warned": sum(r["warning_step"] is not None for r in rs),
+               "devices": ", ".join(sorted({r["device"] for r in rs})),
+               "runs": ", ".join(dict.fromkeys(r["run"] for r in rs))}
+        for key in ("peak_test_acc", "peak_step", "final_test_acc", "final_train_acc", "drop_from_peak",
+                    "min_alpha_after_peak", "max_traps_after_peak", "lead_time"):
+            agg[key] = _stats(r.get(key) for r in rs)
+        for key in ("test_acc_1e6", "test_acc_1e7"):   # only when every member got there
+            vals = [r.get(key) for r in rs]
+            agg[key] = _stats(vals) if all(v is not None for v in vals) else None
+        # cost: training seconds per member and 10^5 steps (a run's wall time is shared by its K)
+        agg["seconds_per_1e5_member_steps"] = _stats(
+            r["wall_time_s"] / r["K"] / max(r["steps"], 1) * 1e5 for r in rs if r["wall_time_s"])
+        out.append(agg)
+    return out
+
+
+def _ms(v, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    mean, sd = v
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
 def _cell(v) -> str:
@@ -97,40 +207,169 @@ def _cell(v) -> str:
     return str(v)
 
 
-def markdown_table(rows: list[dict]) -> str:
-    head = ["method", "seed", "steps", "peak test acc (step)", "test acc at 1e6", "test acc at 1e7",
-            "final test acc", "final train acc",
-            "min alpha after peak (layer)", "alpha at end", "traps at end (mean)", "collapsed",
-            "late drop prevented", "run"]
+def method_markdown(agg: list[dict]) -> str:
+    head = ["method", "seeds", "steps reached", "peak test acc", "test acc at 1e6", "test acc at 1e7",
+            "final test acc", "drop from peak", "min alpha after peak", "max traps after peak",
+            "collapsed", "collapse prevented", "warned", "warning lead time (steps)",
+            "s per 1e5 member-steps", "device"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
+    for a in agg:
+        steps = str(a["steps_min"]) if a["steps_min"] == a["steps_max"] else f"{a['steps_min']}–{a['steps_max']}"
         lines.append("| " + " | ".join([
-            r["method"], str(r["seed"]), str(r["steps"]),
-            f"{r['peak_test_acc']:.4f} ({r['peak_step']})", _cell(r.get("test_acc_1e6")),
-            _cell(r.get("test_acc_1e7")), _cell(r["final_test_acc"]),
-            _cell(r["final_train_acc"]),
-            f"{_cell(r.get('min_alpha_after_peak'))} ({r.get('min_alpha_layer', '–')})",
-            r.get("end_alpha", "–"), r.get("end_traps", "–"), _cell(r["collapsed"]),
-            _cell(r["late_drop_prevented"]), r["run"]]) + " |")
+            a["method"], f"{a['n']} ({a['seeds']})", steps, _ms(a["peak_test_acc"]),
+            _ms(a["test_acc_1e6"]), _ms(a["test_acc_1e7"]), _ms(a["final_test_acc"]),
+            _ms(a["drop_from_peak"]), _ms(a["min_alpha_after_peak"], 2), _ms(a["max_traps_after_peak"], 1),
+            f"{a['collapsed']}/{a['n']}", f"{a['prevented']}/{a['n']}", f"{a['warned']}/{a['n']}",
+            _ms(a["lead_time"], 0), _ms(a["seconds_per_1e5_member_steps"], 0), a["devices"]]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot_verdict(runs, path: Path) -> None:
+def markdown_table(rows: list[dict]) -> str:
+    head = ["method", "seed", "steps", "peak test acc (step)", "test acc at 1e6", "test acc at 1e7",
+            "final test acc", "final train acc", "min alpha after peak (layer)", "max traps after peak",
+            "alpha at end", "traps at end (mean)", "collapsed (step)", "collapse prevented",
+            "warning (step, reason)", "lead time", "wall time s (K)", "device", "run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        warn = "–" if r["warning_step"] is None else f"{r['warning_step']} ({r['warning_reason']})"
+        coll = _cell(r["collapsed"]) + (f" ({r['collapse_step']})" if r["collapsed"] else "")
+        lines.append("| " + " | ".join([
+            r["method"], str(r["seed"]), str(r["steps"]),
+            f"{r['peak_test_acc']:.4f} ({r['peak_step']})", _cell(r.get("test_acc_1e6")),
+            _cell(r.get("test_acc_1e7")), _cell(r["final_test_acc"]), _cell(r["final_train_acc"]),
+            f"{_cell(r.get('min_alpha_after_peak'))} ({r.get('min_alpha_layer', '–')})",
+            _cell(r.get("max_traps_after_peak")), r.get("end_alpha", "–"), r.get("end_traps", "–"),
+            coll, _cell(r["collapse_prevented"]), warn, _cell(r["lead_time"]),
+            f"{_cell(r['wall_time_s'])} ({r['K']})", r["device"], r["run"]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- method groups
+@dataclass
+class MethodData:
+    """The members of every run that trained with one ``member_label``, renumbered 0..n-1."""
+    label: str
+    lr: float
+    metrics: list[dict] = field(default_factory=list)
+    htsr: list[dict] = field(default_factory=list)
+    phases: list = field(default_factory=list)
+
+
+def method_groups(runs: list[RunData], rules: PhaseRules | None = None) -> list[MethodData]:
+    groups: dict[str, MethodData] = {}
+    for run in runs:
+        for mp in run.phases:
+            label = member_label(run.cfg, mp.member)
+            g = groups.setdefault(label, MethodData(label, run.cfg.member_lrs()[mp.member]))
+            new = str(len({r["member"] for r in g.metrics}))
+            g.metrics += [{**r, "member": new} for r in run.metrics if int(r["member"]) == mp.member]
+            g.htsr += [{**r, "member": new} for r in run.htsr if int(r["member"]) == mp.member]
+    for g in groups.values():
+        g.phases = analyse_run(g.metrics, g.htsr, rules or PhaseRules())
+    return list(groups.values())
+
+
+def paper_steps(lr: float) -> list[int]:
+    """Paper A's table steps (1e5, 1e6, 1e7 at lr 5e-4) moved to learning rate ``lr``: with Adam the
+    step size, hence the timeline, scales with lr, so step t at 5e-4 ~ step t * 5e-4 / lr (the
+    fast preset lr 5e-3: 1e4, 1e5, 1e6 — its measured peak near 3e4 agrees to a factor ~3)."""
+    from .paper_values import PAPER_A_LR, PAPER_A_STEPS
+    return [max(1, round(s * PAPER_A_LR / lr)) for s in PAPER_A_STEPS]
+
+
+def _cells_at(htsr: list[dict], steps: list[int], col: str) -> dict[tuple[str, int], list[float]]:
+    """(layer, i) -> every member's value at steps[i] (the latest analysed step at or before it;
+    only members whose analysis got to steps[i]); i = len(steps) is each member's last step."""
+    cells: dict[tuple[str, int], list[float]] = {}
+    for k in sorted({int(r["member"]) for r in htsr}):
+        mine = [r for r in htsr if int(r["member"]) == k]
+        last = max(int(r["step"]) for r in mine)
+        for i, st in enumerate([*steps, last]):
+            if last >= st:
+                for r in _nearest_row(mine, st):
+                    cells.setdefault((r["layer"], i), []).append(_value(r, col))
+    return cells
+
+
+def paper_tables(groups: list[MethodData]) -> str:
+    """Our Tables 1 (alpha) and 2 (traps) per method beside paper A's values (WD = 0), read at
+    paper A's steps moved to each method's learning rate (``paper_steps``) and at the end."""
+    from .paper_values import PAPER_A, PAPER_A_POINTS, PAPER_A_TABLE1_ALPHA, PAPER_A_TABLE2_TRAPS, fmt_paper
+    out = []
+    at = {g.label: paper_steps(g.lr) for g in groups}
+    layers = sorted({r["layer"] for g in groups for r in g.htsr})
+    head = "| layer | point | " + " | ".join(
+        f"ours: {g.label} (n={len(g.phases)}; read at steps {'/'.join(f'{s:,}' for s in at[g.label])})"
+        for g in groups) + f" | {PAPER_A} |"
+    for title, col, paper in (("Table 1 — HTSR alpha", "alpha", PAPER_A_TABLE1_ALPHA),
+                              ("Table 2 — correlation traps (mean over shuffles)", "traps_mean",
+                               PAPER_A_TABLE2_TRAPS)):
+        cells = {g.label: _cells_at(g.htsr, at[g.label], col) for g in groups}
+        out += [f"### {title}: ours (mean ± sd over each method's members) beside paper A\n", head,
+                "|---" * (len(groups) + 3) + "|"]
+        for layer in layers:
+            for i, point in enumerate([*PAPER_A_POINTS, "end of our run"]):
+                ours = [_mean_sd(cells[g.label].get((layer, i), [])) if cells[g.label].get((layer, i))
+                        else "not reached" for g in groups]
+                theirs = ("–" if i == len(PAPER_A_POINTS) else
+                          fmt_paper(paper[layer][i]) if layer in paper else "not reported")
+                out.append(f"| {layer} | {point} | " + " | ".join(ours) + f" | {theirs} |")
+        out.append("")
+    out.append("Each of our cells reads every member at the latest analysed step at or before the "
+               "step in its column header (\"not reached\": the run has not got there yet); "
+               "— = not fitted. End steps per member: " + "; ".join(
+                   f"{g.label}: " + ", ".join(str(max(int(r['step']) for r in g.htsr if int(r['member']) == mp.member))
+                                              for mp in g.phases if g.htsr)
+                   for g in groups) + ".\n")
+    return "\n".join(out)
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_")
+
+
+def plot_methods(groups: list[MethodData], out: Path) -> list[Path]:
+    """Per method: Figure 1 (train/test accuracy of every member, mean in bold) and Figure 4
+    (alpha of every layer, members thin, phases of the first member shaded)."""
+    from .plots import plot_accuracy, plot_alpha
+    made = []
+    for g in groups:
+        m = pd.DataFrame(g.metrics)
+        for c in ("step", "member", "train_acc", "test_acc"):
+            m[c] = pd.to_numeric(m[c])
+        p1 = out / f"fig1_accuracy_{_slug(g.label)}.png"
+        plot_accuracy(m, p1, f"{g.label}: accuracy, {len(g.phases)} seed(s) (Figure 1)")
+        made.append(p1)
+        if g.htsr:
+            h = pd.DataFrame(g.htsr)
+            for c in ("step", "member", "alpha"):
+                h[c] = pd.to_numeric(h[c], errors="coerce")
+            p4 = out / f"fig4_alpha_{_slug(g.label)}.png"
+            plot_alpha(h, m, p4, g.phases, f"{g.label}: alpha per layer (Figure 4)")
+            made.append(p4)
+    return made
+
+
+def plot_verdict(groups: list[MethodData], path: Path) -> None:
+    """All methods on one page: test accuracy and fc1's alpha (members thin, mean bold)."""
     from .plots import _lines, _save, plt
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.4))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, run in enumerate(runs):
-        run = Path(run)
-        cfg = json.loads((run / CONFIG).read_text())["config"]
-        label = f"{cfg.get('method', 'none')} ({run.name})"
-        m = pd.read_csv(run / METRICS)
-        _lines(a1, m, "test_acc", label, colors[i % len(colors)])
-        if (run / HTSR).is_file():
-            h = pd.read_csv(run / HTSR)
-            h = h[h["layer"] == "fc1"].copy()
-            _lines(a2, h, "alpha", label, colors[i % len(colors)])
+    for i, g in enumerate(groups):
+        m = pd.DataFrame(g.metrics)
+        for c in ("step", "member", "test_acc"):
+            m[c] = pd.to_numeric(m[c])
+        _lines(a1, m, "test_acc", g.label, colors[i % len(colors)])
+        first = [r for r in g.htsr if r["layer"] == (g.htsr[0]["layer"] if g.htsr else "")]
+        if first:
+            h = pd.DataFrame(first)
+            for c in ("step", "member", "alpha"):
+                h[c] = pd.to_numeric(h[c], errors="coerce")
+            h["alpha"] = h["alpha"].where(h["alpha"] >= 0)
+            _lines(a2, h, "alpha", g.label, colors[i % len(colors)])
     a2.axhline(2.0, color="k", ls=":", lw=1.2)
-    for ax, t in ((a1, "test accuracy"), (a2, "weightwatcher alpha of fc1")):
+    first_layer = next((g.htsr[0]["layer"] for g in groups if g.htsr), "first layer")
+    for ax, t in ((a1, "test accuracy"), (a2, f"weightwatcher alpha of {first_layer}")):
         ax.set_xscale("log")
         ax.set_xlabel("steps")
         ax.set_title(t)
@@ -138,3 +377,33 @@ def plot_verdict(runs, path: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
+
+
+def write_verdict(runs, out_dir: str | Path, rules: PhaseRules | None = None,
+                  horizon: int | None = None) -> list[dict]:
+    """Read every run (cut at ``horizon``) and write into ``out_dir``: ``verdict.csv`` (one row
+    per member), ``verdict.md`` (per-method table, then per-member table), ``methods.csv``,
+    ``paper_tables.md``, ``verdict_test_acc_alpha.png`` and per-method figures in ``figures/``."""
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    data = [load_run(r, rules, horizon) for r in runs]
+    rows = [row for run in data for row in run_rows(run)]
+    with open(out / "verdict.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    agg = method_rows(rows)
+    with open(out / "methods.csv", "w", newline="") as f:
+        flat = [{k: (f"{v[0]:.6g} ± {v[1]:.3g}" if isinstance(v, tuple) else v) for k, v in a.items()} for a in agg]
+        w = csv.DictWriter(f, fieldnames=list(flat[0]))
+        w.writeheader()
+        w.writerows(flat)
+    groups = method_groups(data, rules)
+    cut = f"cut at step {horizon}" if horizon else "each run to its last logged step"
+    (out / "verdict.md").write_text(
+        f"## Per method ({cut}; mean ± sd over members)\n\n" + method_markdown(agg)
+        + "\n## Per member\n\n" + markdown_table(rows))
+    (out / "paper_tables.md").write_text(paper_tables(groups))
+    plot_verdict(groups, out / "verdict_test_acc_alpha.png")
+    plot_methods(groups, out / "figures")
+    return rows

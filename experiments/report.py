@@ -69,7 +69,14 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--verdict", default=None, metavar="DIR",
                    help="also write the side-by-side verdict table and figure of the runs to DIR")
+    p.add_argument("--horizon", type=int, default=None, metavar="STEPS",
+                   help="with --verdict: ignore everything logged after this step, so runs that got "
+                        "different distances compare at the same point (default: each run to its end)")
     args = p.parse_args(argv)
+    if args.horizon is not None and args.horizon < 1:
+        p.error(f"--horizon must be a positive number of steps, got {args.horizon}")
+    if args.horizon is not None and not args.verdict:
+        p.error("--horizon only applies to the verdict: give --verdict DIR too")
     rules = PhaseRules(args.onset_fraction, args.collapse_drop, args.alpha_threshold,
                        args.trap_threshold, args.min_train_acc, args.persist)
     code = 0
@@ -104,7 +111,7 @@ def main(argv=None) -> int:
             print((path / "tables.md").read_text())
     if args.verdict and code == 0:
         from alphareg.verdict import markdown_table, write_verdict
-        rows = write_verdict([Path(r) for r in args.runs], args.verdict)
+        rows = write_verdict([Path(r) for r in args.runs], args.verdict, rules, args.horizon)
         print(markdown_table(rows))
         print(f"experiments.report: verdict written to {args.verdict}", file=sys.stderr)
     if args.wandb:

@@ -242,8 +242,8 @@ def test_report_verdict_table_traces_to_the_run_directories(tmp_path):
             module="experiments.report")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(out / "verdict.csv")))
-    assert [(r["method"], r["seed"]) for r in rows] == [("none", "0"), ("none", "1"),
-                                                         ("penalty", "0"), ("penalty", "1")]
+    plain, pen = "plain, lr 0.005, wd 0", "penalty, target_alpha 12, lr 0.005, wd 0"
+    assert [(r["method"], r["seed"]) for r in rows] == [(plain, "0"), (plain, "1"), (pen, "0"), (pen, "1")]
     for row in rows:
         metrics = [m for m in csv.DictReader(open(tmp_path / row["run"] / "metrics.csv"))
                    if m["member"] == str(int(row["seed"]))]
@@ -252,5 +252,10 @@ def test_report_verdict_table_traces_to_the_run_directories(tmp_path):
         htsr = [h for h in csv.DictReader(open(tmp_path / row["run"] / "htsr.csv"))
                 if h["member"] == str(int(row["seed"])) and h["step"] == "40"]
         assert row["end_alpha"] == " ".join(f"{h['layer']}:{float(h['alpha']):.2f}" for h in htsr)
-    assert (out / "verdict.md").read_text().count("\n") == 6
+    md = (out / "verdict.md").read_text()
+    assert md.count(f"| {plain} | 2 (0,1) | 40 |") == 1 and md.count(f"| {pen} |") == 3
     assert (out / "verdict_test_acc_alpha.png").stat().st_size > 10_000
+    assert len(list((out / "figures").glob("fig4_alpha_*.png"))) == 2
+    assert "| fc1 | pre-grokking (~1e5) |" in (out / "paper_tables.md").read_text()
+    r = cli(str(tmp_path / "plain"), "--horizon", "0", "--verdict", str(out), module="experiments.report")
+    assert r.returncode == 2 and "--horizon" in r.stderr

@@ -1,0 +1,155 @@
+"""The verdict (alphareg.verdict) on hand-made run directories: every number checked against
+values computed by hand from the tables written here; paper A's constants against DESIGN.md."""
+import csv
+import json
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+
+from alphareg.config import RunConfig
+from alphareg.paper_values import PAPER_A_TABLE1_ALPHA, PAPER_A_TABLE2_TRAPS
+from alphareg.phases import PhaseRules
+from alphareg.verdict import (load_run, member_label, method_rows, paper_steps, paper_tables,
+                              method_groups, run_rows, write_verdict)
+
+STEPS = [0, 10, 100, 1000, 10000]
+
+
+def make_run(root: Path, name: str, seeds, test_accs, fc1_alphas, *, wd=0.0, method="none",
+             traps=None, wall=(0, 1, 2, 3, 4)) -> Path:
+    """A run directory as the engine writes it: config.json, metrics.csv, htsr.csv."""
+    cfg = RunConfig(lr=[5e-3], wd=[wd], seeds=list(seeds), method=method, name=name)
+    path = root / name
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"config": cfg.to_dict(),
+                                                  "provenance": {"host": "testhost"}}))
+    with open(path / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "member", "seed", "lr", "wd", "train_acc", "test_acc", "wall_time"])
+        for i, st in enumerate(STEPS):
+            for k, seed in enumerate(seeds):
+                w.writerow([st, k, seed, 5e-3, wd, 0.5 if st == 0 else 1.0, test_accs[k][i], wall[i]])
+    with open(path / "htsr.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "member", "seed", "layer", "alpha", "traps_mean"])
+        for i, st in enumerate(STEPS):
+            for k, seed in enumerate(seeds):
+                w.writerow([st, k, seed, "fc1", fc1_alphas[k][i], (traps or {}).get((k, st), 1.0)])
+                w.writerow([st, k, seed, "fc2", 3.0, 0.0])
+    (path / "summary.json").write_text(json.dumps({"device": "cpu"}))
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path):
+    a = make_run(tmp_path, "wd0_s01", [0, 1], [[0.1, 0.5, 0.9, 0.8, 0.7], [0.1, 0.4, 0.8, 0.8, 0.79]],
+                 [[6, 5, 1.9, 1.8, 1.5], [6, 5, 4, 3, 2.5]], traps={(0, 1000): 4.0})
+    b = make_run(tmp_path, "wd0_s2", [2], [[0.1, 0.3, 0.6, 0.9, 0.5]], [[6, 5, 4, 3, -1]])
+    c = make_run(tmp_path, "pen_s0", [0], [[0.1, 0.5, 0.9, 0.9, 0.88]], [[6, 5, 2.5, 2.2, 2.1]],
+                 method="penalty")
+    return a, b, c
+
+
+def test_member_rows_are_read_from_the_tables(runs):
+    a, b, _ = runs
+    r0, r1 = run_rows(a)
+    assert r0["method"] == r1["method"] == "plain, lr 0.005, wd 0"
+    assert (r0["peak_test_acc"], r0["peak_step"], r0["final_test_acc"]) == (0.9, 100, 0.7)
+    assert r0["drop_from_peak"] == pytest.approx(0.2)
+    # collapse: first step after the peak 0.05 below it; warning: fc1 alpha 1.9 < 2 at step 100
+    assert (r0["collapsed"], r0["collapse_step"], r0["collapse_prevented"]) == (True, 1000, False)
+    assert (r0["warning_step"], r0["lead_time"]) == (100, 900)
+    assert r0["min_alpha_after_peak"] == 1.5 and r0["min_alpha_layer"] == "fc1"
+    assert r0["max_traps_after_peak"] == 4.0          # fc1 at step 1000
+    assert r0["end_alpha"] == "fc1:1.50 fc2:3.00" and r0["end_traps"] == "fc1:1.00 fc2:0.00"
+    assert (r0["wall_time_s"], r0["K"], r0["device"]) == (4.0, 2, "cpu (testhost)")
+    assert r0["test_acc_1e6"] is None and r0["test_acc_1e7"] is None   # not reached
+    # seed 1: 0.79 is only 0.01 below its peak 0.8 -> not collapsed; no warning ever fires
+    assert (r1["collapsed"], r1["collapse_prevented"], r1["warning_step"], r1["lead_time"]) == (False, True, None, None)
+    # seed 2: alpha -1 (not fitted) is neither a warning nor the minimum
+    (r2,) = run_rows(b)
+    assert r2["warning_step"] is None and r2["min_alpha_after_peak"] == 3.0
+
+
+def test_horizon_cuts_every_number(runs):
+    a, _, _ = runs
+    r0, _ = run_rows(a, horizon=100)
+    assert (r0["steps"], r0["final_test_acc"], r0["collapsed"], r0["collapse_prevented"]) == (100, 0.9, False, True)
+    assert r0["wall_time_s"] == 2.0 and r0["end_alpha"] == "fc1:1.90 fc2:3.00"
+    r0, _ = run_rows(a, rules=PhaseRules(collapse_drop=0.3))        # phase rules reach the verdict
+    assert r0["collapsed"] is False
+
+
+def test_methods_group_members_of_several_runs(runs):
+    rows = [r for p in runs for r in run_rows(p)]
+    agg = {a["method"]: a for a in method_rows(rows)}
+    plain = agg["plain, lr 0.005, wd 0"]
+    assert (plain["n"], plain["seeds"], plain["collapsed"], plain["prevented"]) == (3, "0,1,2", 2, 1)
+    peaks = [0.9, 0.8, 0.9]
+    assert plain["peak_test_acc"] == pytest.approx((statistics.fmean(peaks), statistics.stdev(peaks)))
+    assert plain["lead_time"] == pytest.approx((900.0, 0.0))       # only seed 0 warned and collapsed
+    # cost: run wall time / K / steps * 1e5 -> 4/2/1e4*1e5 = 20 (seeds 0, 1) and 4/1/1e4*1e5 = 40
+    assert plain["seconds_per_1e5_member_steps"] == pytest.approx(
+        (statistics.fmean([20, 20, 40]), statistics.stdev([20, 20, 40])))
+    assert "penalty, target_alpha 2, lr 0.005, wd 0" in agg
+
+
+def test_member_labels_name_what_differs():
+    cfg = RunConfig(lr=[5e-3, 5e-4], wd=[0.0, 0.01], seeds=[0, 1], method="wd_controller", wd_gain=0.5)
+    assert member_label(cfg, 1) == "wd_controller, target_alpha 2, wd_gain 0.5, lr 0.0005, wd 0.01"
+    cfg = RunConfig(seeds=[0, 1], method="penalty", member_overrides=({"penalty_beta": 0.1}, {}))
+    assert member_label(cfg, 0) == "penalty, penalty_beta 0.1, target_alpha 2, lr 0.0005, wd 0"
+    assert member_label(cfg, 1) == "penalty, target_alpha 2, lr 0.0005, wd 0"
+
+
+def test_paper_tables_read_at_paper_steps_moved_to_the_lr(runs):
+    assert paper_steps(5e-4) == [10**5, 10**6, 10**7]
+    assert paper_steps(5e-3) == [10**4, 10**5, 10**6]
+    groups = method_groups([load_run(p) for p in runs])
+    # read at steps scaled so that the paper's 1e5 falls on our step 1000 (lr 5e-4 * 100)
+    for g in groups:
+        g.lr = 5e-2
+    md = paper_tables(groups)
+    line = next(ln for ln in md.splitlines() if ln.startswith("| fc1 | pre-grokking"))
+    plain = [1.8, 3.0, 3.0]          # fc1 alpha at step 1000 of seeds 0, 1, 2
+    assert f"{statistics.fmean(plain):.3g} ± {statistics.stdev(plain):.2g}" in line
+    assert line.endswith("| 4 ± 1.3 |")
+    line = next(ln for ln in md.splitlines() if ln.startswith("| fc1 | grokking"))
+    assert "not reached" not in line                                # 1e4 == our last step
+    line = next(ln for ln in md.splitlines() if ln.startswith("| fc1 | anti-grokking"))
+    assert line.count("not reached") == 2 and line.endswith("| 1 ± 0.4 |")
+
+
+def test_write_verdict_files(runs, tmp_path):
+    out = tmp_path / "verdict"
+    rows = write_verdict(list(runs), out, horizon=1000)
+    assert [r["steps"] for r in rows] == [1000] * 4
+    assert list(csv.DictReader(open(out / "verdict.csv")))[0]["collapse_step"] == "1000"
+    methods = list(csv.DictReader(open(out / "methods.csv")))
+    assert [m["n"] for m in methods] == ["3", "1"]
+    assert "cut at step 1000" in (out / "verdict.md").read_text()
+    assert (out / "paper_tables.md").is_file() and (out / "verdict_test_acc_alpha.png").stat().st_size > 10_000
+    figs = sorted(p.name for p in (out / "figures").iterdir())
+    assert figs == ["fig1_accuracy_penalty_target_alpha_2_lr_0.005_wd_0.png",
+                    "fig1_accuracy_plain_lr_0.005_wd_0.png",
+                    "fig4_alpha_penalty_target_alpha_2_lr_0.005_wd_0.png",
+                    "fig4_alpha_plain_lr_0.005_wd_0.png"]
+
+
+def test_paper_values_are_the_ones_design_md_quotes():
+    design = Path(__file__).resolve().parents[2] / "shared" / "DESIGN.md"
+    if not design.is_file():
+        pytest.skip(f"{design} not beside the checkout")
+    text = " ".join(design.read_text().split())
+    pm = r"([\d.]+)±([\d.]+)"
+    for layer in ("FC1", "FC2"):
+        m = re.search(rf"{layer} {pm} / {pm} / {pm}", text)
+        got = [(float(m.group(i)), float(m.group(i + 1))) for i in (1, 3, 5)]
+        assert tuple(got) == PAPER_A_TABLE1_ALPHA[layer.lower()]
+    m = re.search(rf"WD=0 at collapse FC1 {pm}, FC2 (\d+(?:\.\d+)?)", text)
+    assert PAPER_A_TABLE2_TRAPS["fc1"][2] == (float(m.group(1)), float(m.group(2)))
+    assert PAPER_A_TABLE2_TRAPS["fc2"][2] == (float(m.group(3)), None)
+    assert "Traps (Table 2): 0 before collapse" in text
+    assert all(v[i] == (0.0, None) for v in PAPER_A_TABLE2_TRAPS.values() for i in (0, 1))
