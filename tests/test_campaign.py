@@ -1,0 +1,68 @@
+"""The evidence campaign runner (alphareg.campaign, experiments.evidence): real runs in chunks,
+resumed, stopped by the budget with a checkpoint."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from alphareg.campaign import PlannedRun, next_stop, plan, progress, run_campaign
+
+FAST = ("--wd", "0", "--esd-per-decade", "0", "--ww-per-decade", "0")
+
+
+def test_plan_keeps_the_existing_run_names_and_seeds():
+    runs = {r.name: r for r in plan("fast")}
+    assert runs["fast_lr5e-3_wd0_s01"].seeds == "0,1" and runs["fast_lr5e-3_wd0_s2"].seeds == "2"
+    assert runs["fast_lr5e-3_penalty_t2_s2"].flags == ("--target", "2.0")
+    assert runs["fast_lr5e-3_wd0.01_s012"].seeds == "0,1,2"
+    cmd = runs["fast_lr5e-3_wdctl_t2_s2"].command(300_000, "runs")
+    assert cmd[1:] == ["-m", "experiments.alpha_reg", "--lr", "5e-3", "--method", "wd_controller",
+                       "--target", "2.0", "--seeds", "2", "--steps", "300000", "--name",
+                       "fast_lr5e-3_wdctl_t2_s2", "--runs-dir", "runs", "--no-progress", "--plot-minutes", "5"]
+    assert {r.seeds for r in plan("paper")} == {"0,1,2"}
+    with pytest.raises(ValueError, match="--methods magic"):
+        plan("fast", ["wd0", "magic"])
+
+
+def test_next_stop():
+    assert [next_stop(s, 100_000, 1_000_000) for s in (0, 99_999, 100_000, 273_446, 999_000)] == \
+        [100_000, 100_000, 200_000, 300_000, 1_000_000]
+
+
+def test_runs_advance_in_chunks_and_resume(tmp_path):
+    runs = [PlannedRun("fast", "wd0", s, f"r{s}", "experiments.baseline", FAST) for s in ("0", "1")]
+    logs = []
+    codes = run_campaign(runs, target=30, hours=0.2, workers=2, chunk=20, runs_dir=str(tmp_path), log=logs.append)
+    assert codes == {"r0": 0, "r1": 0}
+    for r in runs:
+        assert progress(tmp_path, r) == 30
+        log = (tmp_path / f"{r.name}.log").read_text()
+        assert "new run" in log and "resumed at step 20" in log
+    assert sum("-> 20:" in s for s in logs) == 2 and sum("step 20 -> 30" in s for s in logs) == 2
+    # nothing left to do: returns at once
+    assert run_campaign(runs, 30, 0.2, 2, 20, str(tmp_path), log=logs.append) == {}
+
+
+def test_budget_stops_runs_at_a_checkpoint(tmp_path):
+    run = PlannedRun("fast", "wd0", "0", "long", "experiments.baseline", FAST)
+    codes = run_campaign([run], target=10**6, hours=20 / 3600, workers=1, chunk=10**6,
+                         runs_dir=str(tmp_path), log=lambda s: None)
+    assert codes == {"long": 130}
+    summary = json.loads((tmp_path / "long" / "summary.json").read_text())
+    assert 0 < summary["step"] < 10**6 and progress(tmp_path, run) == summary["step"]
+    assert (tmp_path / "long" / "checkpoint.pt").is_file()
+    assert "Re-run the same command to resume" in (tmp_path / "long.log").read_text()
+
+
+def test_evidence_cli_lists_and_rejects_bad_input(tmp_path):
+    def cli(*a):
+        return subprocess.run([sys.executable, "-m", "experiments.evidence", *a],
+                              capture_output=True, text=True, timeout=120)
+    r = cli("fast", "--list", "--runs-dir", str(tmp_path))
+    assert r.returncode == 0 and "| fast_lr5e-3_wd0_s01 | wd0 | 0,1 | 0 | 0.0% |" in r.stdout
+    for args, flag in ((["fast", "--methods", "magic"], "--methods"), (["fast", "--workers", "0"], "--workers"),
+                       (["fast", "--hours", "-1"], "--hours"), (["fast", "--hours", "0", "--verdict", str(tmp_path / "v"),
+                                                                 "--runs-dir", str(tmp_path)], "--verdict")):
+        r = cli(*args)
+        assert r.returncode == 2 and flag in r.stderr, (args, r.stderr)
