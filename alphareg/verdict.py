@@ -47,7 +47,7 @@ COLUMNS = ("method", "run", "member", "seed", "steps", "peak_test_acc", "peak_st
            "test_acc_1e7", "final_test_acc", "final_train_acc", "drop_from_peak",
            "min_alpha_after_peak", "min_alpha_layer", "max_traps_after_peak", "end_alpha",
            "end_traps", "collapsed", "collapse_step", "collapse_prevented", "warning_step",
-           "warning_reason", "lead_time", "wall_time_s", "K", "device")
+           "warning_reason", "lead_time", "wall_time_s", "K", "device", "commit")
 
 
 @dataclass
@@ -134,7 +134,7 @@ def run_rows(path_or_run, rules: PhaseRules | None = None, horizon: int | None =
                "collapse_prevented": not mp.collapsed, "warning_step": mp.warning_step,
                "warning_reason": mp.warning_reason, "lead_time": mp.lead_time,
                "wall_time_s": float(last["wall_time"]) if last.get("wall_time") not in (None, "") else None,
-               "K": run.cfg.K, "device": _device(run)}
+               "K": run.cfg.K, "device": _device(run), "commit": run.provenance.get("git_commit")}
         for label, at in (("test_acc_1e6", 10**6), ("test_acc_1e7", 10**7)):
             upto = [r for r in d if int(r["step"]) <= at]
             row[label] = float(upto[-1]["test_acc"]) if steps >= at else None
@@ -228,7 +228,7 @@ def markdown_table(rows: list[dict]) -> str:
     head = ["method", "seed", "steps", "peak test acc (step)", "test acc at 1e6", "test acc at 1e7",
             "final test acc", "final train acc", "min alpha after peak (layer)", "max traps after peak",
             "alpha at end", "traps at end (mean)", "collapsed (step)", "collapse prevented",
-            "warning (step, reason)", "lead time", "wall time s (K)", "device", "run"]
+            "warning (step, reason)", "lead time", "wall time s (K)", "device", "run (created at commit)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         warn = "–" if r["warning_step"] is None else f"{r['warning_step']} ({r['warning_reason']})"
@@ -240,7 +240,7 @@ def markdown_table(rows: list[dict]) -> str:
             f"{_cell(r.get('min_alpha_after_peak'))} ({r.get('min_alpha_layer', '–')})",
             _cell(r.get("max_traps_after_peak")), r.get("end_alpha", "–"), r.get("end_traps", "–"),
             coll, _cell(r["collapse_prevented"]), warn, _cell(r["lead_time"]),
-            f"{_cell(r['wall_time_s'])} ({r['K']})", r["device"], r["run"]]) + " |")
+            f"{_cell(r['wall_time_s'])} ({r['K']})", r["device"], f"{r['run']} ({r['commit']})"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -379,13 +379,32 @@ def plot_verdict(groups: list[MethodData], path: Path) -> None:
     _save(fig, path)
 
 
+#: the files of a run directory a verdict needs (no checkpoints, no weight snapshots)
+RUN_FILES = (CONFIG, METRICS, HTSR, SUMMARY, "phases.csv", "tables.md")
+
+
+def copy_run_files(runs, dest: Path) -> None:
+    """Copy each run's ``RUN_FILES`` to ``dest/<run name>/`` so the verdict can be rebuilt from
+    committed files alone (``experiments.report dest/* --verdict ...``)."""
+    import shutil
+    for run in runs:
+        run = Path(run)
+        (dest / run.name).mkdir(parents=True, exist_ok=True)
+        for f in RUN_FILES:
+            if (run / f).is_file():
+                shutil.copy2(run / f, dest / run.name / f)
+
+
 def write_verdict(runs, out_dir: str | Path, rules: PhaseRules | None = None,
-                  horizon: int | None = None) -> list[dict]:
+                  horizon: int | None = None, copy_runs: bool = False) -> list[dict]:
     """Read every run (cut at ``horizon``) and write into ``out_dir``: ``verdict.csv`` (one row
     per member), ``verdict.md`` (per-method table, then per-member table), ``methods.csv``,
-    ``paper_tables.md``, ``verdict_test_acc_alpha.png`` and per-method figures in ``figures/``."""
+    ``paper_tables.md``, ``verdict_test_acc_alpha.png`` and per-method figures in ``figures/``;
+    with ``copy_runs`` also the run files themselves in ``runs/`` (``copy_run_files``)."""
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
+    if copy_runs:
+        copy_run_files(runs, out / "runs")
     data = [load_run(r, rules, horizon) for r in runs]
     rows = [row for run in data for row in run_rows(run)]
     with open(out / "verdict.csv", "w", newline="") as f:

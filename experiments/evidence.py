@@ -30,7 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None, help="passed on to every run (e.g. cuda)")
     p.add_argument("--list", action="store_true", help="print the plan and each run's progress, then exit")
     p.add_argument("--verdict", default=None, metavar="DIR",
-                   help="afterwards write the verdict of every started run to DIR (experiments.report --verdict)")
+                   help="afterwards write the verdict of every started run to DIR (experiments.report "
+                        "--verdict), with the runs' tables and summaries (not checkpoints) in DIR/runs/")
     p.add_argument("--horizon", type=int, default=None, help="with --verdict: cut every run at this step")
     a = p.parse_args(argv)
     for flag, v in (("--hours", a.hours), ("--workers", a.workers - 1), ("--chunk", a.chunk - 1)):
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
         started = [Path(a.runs_dir) / r.name for r in runs if (Path(a.runs_dir) / r.name / "metrics.csv").is_file()]
         if not started:
             p.error(f"--verdict: no run of the plan has started in {a.runs_dir}")
-        write_verdict(started, a.verdict, horizon=a.horizon)
+        write_verdict(started, a.verdict, horizon=a.horizon, copy_runs=True)
         print(f"experiments.evidence: verdict of {len(started)} runs written to {a.verdict}", file=sys.stderr)
     return 0
 

@@ -24,7 +24,8 @@ def make_run(root: Path, name: str, seeds, test_accs, fc1_alphas, *, wd=0.0, met
     path = root / name
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"config": cfg.to_dict(),
-                                                  "provenance": {"host": "testhost"}}))
+                                                  "provenance": {"host": "testhost",
+                                                                 "git_commit": "abc1234"}}))
     with open(path / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["step", "member", "seed", "lr", "wd", "train_acc", "test_acc", "wall_time"])
@@ -64,7 +65,7 @@ def test_member_rows_are_read_from_the_tables(runs):
     assert r0["min_alpha_after_peak"] == 1.5 and r0["min_alpha_layer"] == "fc1"
     assert r0["max_traps_after_peak"] == 4.0          # fc1 at step 1000
     assert r0["end_alpha"] == "fc1:1.50 fc2:3.00" and r0["end_traps"] == "fc1:1.00 fc2:0.00"
-    assert (r0["wall_time_s"], r0["K"], r0["device"]) == (4.0, 2, "cpu (testhost)")
+    assert (r0["wall_time_s"], r0["K"], r0["device"], r0["commit"]) == (4.0, 2, "cpu (testhost)", "abc1234")
     assert r0["test_acc_1e6"] is None and r0["test_acc_1e7"] is None   # not reached
     # seed 1: 0.79 is only 0.01 below its peak 0.8 -> not collapsed; no warning ever fires
     assert (r1["collapsed"], r1["collapse_prevented"], r1["warning_step"], r1["lead_time"]) == (False, True, None, None)
@@ -124,7 +125,7 @@ def test_paper_tables_read_at_paper_steps_moved_to_the_lr(runs):
 
 def test_write_verdict_files(runs, tmp_path):
     out = tmp_path / "verdict"
-    rows = write_verdict(list(runs), out, horizon=1000)
+    rows = write_verdict(list(runs), out, horizon=1000, copy_runs=True)
     assert [r["steps"] for r in rows] == [1000] * 4
     assert list(csv.DictReader(open(out / "verdict.csv")))[0]["collapse_step"] == "1000"
     methods = list(csv.DictReader(open(out / "methods.csv")))
@@ -136,6 +137,12 @@ def test_write_verdict_files(runs, tmp_path):
                     "fig1_accuracy_plain_lr_0.005_wd_0.png",
                     "fig4_alpha_penalty_target_alpha_2_lr_0.005_wd_0.png",
                     "fig4_alpha_plain_lr_0.005_wd_0.png"]
+    # the copied run files (no checkpoints) rebuild the same verdict
+    assert sorted(p.name for p in (out / "runs" / "wd0_s01").iterdir()) == [
+        "config.json", "htsr.csv", "metrics.csv", "summary.json"]
+    again = write_verdict(sorted((out / "runs").iterdir(), key=lambda p: [r.name for r in runs].index(p.name)),
+                          tmp_path / "again", horizon=1000)
+    assert again == rows
 
 
 def test_paper_values_are_the_ones_design_md_quotes():
