@@ -2,7 +2,7 @@
 within a time budget, then the verdict rebuilt from what the runs reached.
 
     python -m experiments.evidence fast --hours 2.5            # CPU: lr 5e-3 to 1e6 steps
-    python -m experiments.evidence paper --hours 0.15 --workers 1 --device cuda   # GPU chunk
+    python -m experiments.evidence paper --hours 0.15 --workers 1 --run-args "--device cuda"
     python -m experiments.evidence fast --list                 # progress of every planned run
     python -m experiments.evidence fast --hours 0 --verdict reports/verdict/fast_preset
 
@@ -11,6 +11,7 @@ runs go first, each to the next multiple of --chunk steps. Ctrl-C / SIGTERM stop
 step boundary with a checkpoint. Runs live in --runs-dir/<preset prefix>_<method>_s<seeds>.
 """
 import argparse
+import shlex
 import sys
 
 from alphareg.campaign import METHODS, PRESETS, plan, progress_table, run_campaign
@@ -27,7 +28,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--chunk", type=int, default=100_000, help="runs stop at multiples of this many steps")
     p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--device", default=None, help="passed on to every run (e.g. cuda)")
+    p.add_argument("--run-args", default="", metavar="FLAGS",
+                   help='extra flags for every run, e.g. "--device cuda --ww-per-decade 0"')
     p.add_argument("--list", action="store_true", help="print the plan and each run's progress, then exit")
     p.add_argument("--verdict", default=None, metavar="DIR",
                    help="afterwards write the verdict of every started run to DIR (experiments.report "
@@ -43,9 +45,12 @@ def main(argv=None) -> int:
         runs = plan(a.preset, a.methods.split(",") if a.methods else None)
     except ValueError as e:
         p.error(str(e))
+    try:
+        extra = tuple(shlex.split(a.run_args))
+    except ValueError as e:
+        p.error(f"--run-args {a.run_args!r}: {e}")
     target = a.steps or PRESETS[a.preset][1]
     if not a.list and a.hours > 0:
-        extra = ("--device", a.device) if a.device else ()
         codes = run_campaign(runs, target, a.hours, a.workers, a.chunk, a.runs_dir, extra,
                              log=lambda s: print(f"experiments.evidence: {s}", file=sys.stderr, flush=True))
         failed = {n: c for n, c in codes.items() if c not in (0, 130)}
