@@ -244,6 +244,31 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def findings_markdown(agg: list[dict]) -> str:
+    """The answer in sentences, generated from ``method_rows``: for each method, how many members
+    collapsed, final test accuracy and drop against the reference (the plain run with wd 0 at the
+    same lr, when present), and the cost ratio of training seconds per member-step."""
+    ref = next((a for a in agg if a["method"].startswith("plain,") and a["method"].endswith(", wd 0")), None)
+    lines = []
+    for a in agg:
+        reach = (f"{a['steps_min']:,}" if a["steps_min"] == a["steps_max"]
+                 else f"{a['steps_min']:,}–{a['steps_max']:,}")
+        s = (f"* **{a['method']}** ({a['n']} seeds, to step {reach}): collapsed in {a['collapsed']} of "
+             f"{a['n']} (collapse prevented in {a['prevented']}); peak test accuracy {_ms(a['peak_test_acc'])}, "
+             f"final {_ms(a['final_test_acc'])}, drop {_ms(a['drop_from_peak'])}")
+        if ref is not None and a is not ref:
+            d_final = a["final_test_acc"][0] - ref["final_test_acc"][0]
+            d_drop = a["drop_from_peak"][0] - ref["drop_from_peak"][0]
+            s += f"; against {ref['method']}: final {d_final:+.3f}, drop {d_drop:+.3f}"
+            if a["seconds_per_1e5_member_steps"] and ref["seconds_per_1e5_member_steps"]:
+                ratio = a["seconds_per_1e5_member_steps"][0] / ref["seconds_per_1e5_member_steps"][0]
+                s += f", wall time per member-step ×{ratio:.2f}"
+        if a["lead_time"] is not None:
+            s += f"; the early warning came {_ms(a['lead_time'], 0)} steps before the collapse"
+        lines.append(s + ".")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------- method groups
 @dataclass
 class MethodData:
@@ -420,7 +445,8 @@ def write_verdict(runs, out_dir: str | Path, rules: PhaseRules | None = None,
     groups = method_groups(data, rules)
     cut = f"cut at step {horizon}" if horizon else "each run to its last logged step"
     (out / "verdict.md").write_text(
-        f"## Per method ({cut}; mean ± sd over members)\n\n" + method_markdown(agg)
+        f"## Findings ({cut}; generated from the table below)\n\n" + findings_markdown(agg)
+        + f"\n## Per method ({cut}; mean ± sd over members)\n\n" + method_markdown(agg)
         + "\n## Per member\n\n" + markdown_table(rows))
     (out / "paper_tables.md").write_text(paper_tables(groups))
     plot_verdict(groups, out / "verdict_test_acc_alpha.png")

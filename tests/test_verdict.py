@@ -11,7 +11,7 @@ import pytest
 from alphareg.config import RunConfig
 from alphareg.paper_values import PAPER_A_TABLE1_ALPHA, PAPER_A_TABLE2_TRAPS
 from alphareg.phases import PhaseRules
-from alphareg.verdict import (load_run, member_label, method_rows, paper_steps, paper_tables,
+from alphareg.verdict import (findings_markdown, load_run, member_label, method_rows, paper_steps, paper_tables,
                               method_groups, run_rows, write_verdict)
 
 STEPS = [0, 10, 100, 1000, 10000]
@@ -95,6 +95,13 @@ def test_methods_group_members_of_several_runs(runs):
     assert plain["seconds_per_1e5_member_steps"] == pytest.approx(
         (statistics.fmean([20, 20, 40]), statistics.stdev([20, 20, 40])))
     assert "penalty, target_alpha 2, lr 0.005, wd 0" in agg
+    text = findings_markdown(list(agg.values()))
+    assert "**plain, lr 0.005, wd 0** (3 seeds, to step 10,000): collapsed in 2 of 3 (collapse prevented in 1)" in text
+    # penalty: final 0.88, drop 0.02; plain: final mean(0.7, 0.79, 0.5), drop mean(0.2, 0.01, 0.4)
+    d_final = 0.88 - statistics.fmean([0.7, 0.79, 0.5])
+    d_drop = 0.02 - statistics.fmean([0.2, 0.01, 0.4])
+    ratio = 40 / statistics.fmean([20, 20, 40])
+    assert f"against plain, lr 0.005, wd 0: final {d_final:+.3f}, drop {d_drop:+.3f}, wall time per member-step ×{ratio:.2f}" in text
 
 
 def test_member_labels_name_what_differs():
