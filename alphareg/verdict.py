@@ -43,7 +43,7 @@ from .phases import PhaseRules, analyse_run
 from .report import _mean_sd, _nearest_row, _value
 from .rundir import CONFIG, METRICS, SUMMARY
 
-COLUMNS = ("method", "run", "member", "seed", "steps", "peak_test_acc", "peak_step", "test_acc_1e6",
+COLUMNS = ("method", "lr", "wd", "run", "member", "seed", "steps", "peak_test_acc", "peak_step", "test_acc_1e6",
            "test_acc_1e7", "final_test_acc", "final_train_acc", "drop_from_peak",
            "min_alpha_after_peak", "min_alpha_layer", "max_traps_after_peak", "end_alpha",
            "end_traps", "collapsed", "collapse_step", "collapse_prevented", "warning_step",
@@ -125,7 +125,9 @@ def run_rows(path_or_run, rules: PhaseRules | None = None, horizon: int | None =
         d = sorted((r for r in run.metrics if int(r["member"]) == k), key=lambda r: int(r["step"]))
         last = d[-1]
         steps = int(last["step"])
-        row = {"method": member_label(run.cfg, k), "run": run.path.name, "member": k,
+        row = {"method": member_label(run.cfg, k), "method_name": run.cfg.method,
+               "lr": run.cfg.member_lrs()[k],
+               "wd": run.cfg.member_wds()[k], "run": run.path.name, "member": k,
                "seed": int(last["seed"]), "steps": steps,
                "peak_test_acc": mp.peak_test_acc, "peak_step": mp.peak_step,
                "final_test_acc": float(last["test_acc"]), "final_train_acc": float(last["train_acc"]),
@@ -170,7 +172,8 @@ def method_rows(rows: list[dict]) -> list[dict]:
     out = []
     for label, rs in groups.items():
         n = len(rs)
-        agg = {"method": label, "n": n, "seeds": ",".join(str(r["seed"]) for r in rs),
+        agg = {"method": label, "method_name": rs[0]["method_name"], "lr": rs[0]["lr"], "wd": rs[0]["wd"], "n": n,
+               "seeds": ",".join(str(r["seed"]) for r in rs),
                "steps_min": min(r["steps"] for r in rs), "steps_max": max(r["steps"] for r in rs),
                "collapsed": sum(bool(r["collapsed"]) for r in rs),
                "prevented": sum(bool(r["collapse_prevented"]) for r in rs),
@@ -248,9 +251,10 @@ def findings_markdown(agg: list[dict]) -> str:
     """The answer in sentences, generated from ``method_rows``: for each method, how many members
     collapsed, final test accuracy and drop against the reference (the plain run with wd 0 at the
     same lr, when present), and the cost ratio of training seconds per member-step."""
-    ref = next((a for a in agg if a["method"].startswith("plain,") and a["method"].endswith(", wd 0")), None)
     lines = []
     for a in agg:
+        ref = next((b for b in agg if b["method_name"] == "none" and b["wd"] == 0
+                    and b["lr"] == a["lr"]), None)
         reach = (f"{a['steps_min']:,}" if a["steps_min"] == a["steps_max"]
                  else f"{a['steps_min']:,}–{a['steps_max']:,}")
         s = (f"* **{a['method']}** ({a['n']} seeds, to step {reach}): collapsed in {a['collapsed']} of "
