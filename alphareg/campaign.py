@@ -165,3 +165,18 @@ def progress_table(runs: list[PlannedRun], runs_dir: str, target: int) -> str:
         st = progress(runs_dir, r)
         lines.append(f"| {r.name} | {r.method} | {r.seeds} | {st:,} | {st / target:.1%} |")
     return "\n".join(lines) + "\n"
+
+
+def commands_markdown(runs: list[PlannedRun], runs_dir: str, target: int) -> str:
+    """Each started run: the command that trains it (rerun = resume; a fresh runs_dir retrains it
+    from step 0), the commit that created it, and how far it got."""
+    lines = ["| run | command (add `--steps N`; re-running resumes) | created at commit | steps reached |",
+             "|---|---|---|---|"]
+    for r in runs:
+        cfg = Path(runs_dir) / r.name / "config.json"
+        if not cfg.is_file():
+            continue
+        commit = json.loads(cfg.read_text()).get("provenance", {}).get("git_commit", "?")
+        cmd = " ".join(["python", *r.command(target, runs_dir)[1:]])
+        lines.append(f"| {r.name} | `{cmd}` | {commit} | {progress(runs_dir, r):,} |")
+    return "\n".join(lines) + "\n"

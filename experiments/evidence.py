@@ -14,7 +14,7 @@ import argparse
 import shlex
 import sys
 
-from alphareg.campaign import METHODS, PRESETS, plan, progress_table, run_campaign
+from alphareg.campaign import METHODS, PRESETS, commands_markdown, plan, progress_table, run_campaign
 
 
 def main(argv=None) -> int:
@@ -33,7 +33,8 @@ def main(argv=None) -> int:
     p.add_argument("--list", action="store_true", help="print the plan and each run's progress, then exit")
     p.add_argument("--verdict", default=None, metavar="DIR",
                    help="afterwards write the verdict of every started run to DIR (experiments.report "
-                        "--verdict), with the runs' tables and summaries (not checkpoints) in DIR/runs/")
+                        "--verdict), with the runs' tables and summaries (not checkpoints) in DIR/runs/ "
+                        "and their commands in DIR/runs.md")
     p.add_argument("--horizon", type=int, default=None, help="with --verdict: cut every run at this step")
     a = p.parse_args(argv)
     for flag, v in (("--hours", a.hours), ("--workers", a.workers - 1), ("--chunk", a.chunk - 1)):
@@ -65,6 +66,7 @@ def main(argv=None) -> int:
         if not started:
             p.error(f"--verdict: no run of the plan has started in {a.runs_dir}")
         write_verdict(started, a.verdict, horizon=a.horizon, copy_runs=True)
+        (Path(a.verdict) / "runs.md").write_text(commands_markdown(runs, a.runs_dir, target))
         print(f"experiments.evidence: verdict of {len(started)} runs written to {a.verdict}", file=sys.stderr)
     return 0
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from alphareg.campaign import PlannedRun, next_stop, plan, progress, run_campaign
+from alphareg.campaign import PlannedRun, commands_markdown, next_stop, plan, progress, run_campaign
 
 FAST = ("--wd", "0", "--esd-per-decade", "0", "--ww-per-decade", "0")
 
@@ -40,6 +40,10 @@ def test_runs_advance_in_chunks_and_resume(tmp_path):
         log = (tmp_path / f"{r.name}.log").read_text()
         assert "new run" in log and "resumed at step 20" in log
     assert sum("-> 20:" in s for s in logs) == 2 and sum("step 20 -> 30" in s for s in logs) == 2
+    md = commands_markdown(runs + [PlannedRun("fast", "wd0", "2", "never", "experiments.baseline", FAST)],
+                           str(tmp_path), 30)
+    assert f"| r1 | `python -m experiments.baseline --lr 5e-3 {' '.join(FAST)} --seeds 1 --steps 30 --name r1" in md
+    assert md.rstrip().endswith("| 30 |") and "never" not in md
     # nothing left to do: returns at once
     assert run_campaign(runs, 30, 0.2, 2, 20, str(tmp_path), log=logs.append) == {}
 
