@@ -347,8 +347,8 @@ def paper_tables(groups: list[MethodData]) -> str:
     out.append("Each of our cells reads every member at the latest analysed step at or before the "
                "step in its column header (\"not reached\": the run has not got there yet); "
                "— = not fitted. End steps per member: " + "; ".join(
-                   f"{g.label}: " + ", ".join(str(max(int(r['step']) for r in g.htsr if int(r['member']) == mp.member))
-                                              for mp in g.phases if g.htsr)
+                   f"{g.label}: " + ", ".join(str(max((int(r['step']) for r in g.htsr if int(r['member']) == mp.member),
+                                                      default="not analysed yet")) for mp in g.phases)
                    for g in groups) + ".\n")
     return "\n".join(out)
 

@@ -128,6 +128,9 @@ def test_paper_tables_read_at_paper_steps_moved_to_the_lr(runs):
     assert "not reached" not in line                                # 1e4 == our last step
     line = next(ln for ln in md.splitlines() if ln.startswith("| fc1 | anti-grokking"))
     assert line.count("not reached") == 2 and line.endswith("| 1 ± 0.4 |")
+    # a member the monitor has not analysed yet (no htsr rows) is named, not an error
+    groups[0].htsr = [r for r in groups[0].htsr if r["member"] != "2"]
+    assert "10000, 10000, not analysed yet" in paper_tables(groups)
 
 
 def test_write_verdict_files(runs, tmp_path):
