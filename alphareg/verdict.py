@@ -13,13 +13,15 @@ Per member (one row per run × member, ``run_rows``):
   steps ≥ the peak step, with its layer; alpha and mean trap count of every layer at the last
   analysed step; the largest trap count of any layer after the peak;
 * phases (``alphareg.phases.analyse_run`` with ``rules``): collapsed = test accuracy fell
-  ``collapse_drop`` below a* at a later log point; "collapse prevented" = not collapsed (up to the
-  steps reached); early warning step, its reason, lead time = collapse step − warning step;
+  ``collapse_drop`` below a* at a later log point; "collapse prevented" = not collapsed by the
+  horizon (by the run's last step without one; undecided while a run is short of the horizon);
+  early warning step, its reason, lead time = collapse step − warning step;
 * cost: wall time of the run up to the horizon (training seconds, shared by the K members trained
   together), K, device and host.
 
 Per method (``method_rows``; a method = ``member_label``: method, its non-default settings, lr and
-wd): seeds, mean ± sd of the numbers above, collapsed / prevented counts, mean lead time.
+wd): seeds, collapsed / prevented counts, and mean ± sd of the numbers above over the members
+that reached the horizon.
 ``paper_tables`` puts our Tables 1 and 2 (alpha and traps of every layer, mean ± sd over the
 method's members, at paper A's steps moved to the method's lr and at the end) beside paper A's
 values (``alphareg.paper_values``). ``write_verdict`` writes all of it plus Figure 1 (accuracy) and
@@ -60,6 +62,7 @@ class RunData:
     metrics: list[dict]
     htsr: list[dict]
     phases: list = field(default_factory=list)
+    horizon: int | None = None
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -79,7 +82,7 @@ def load_run(path: str | Path, rules: PhaseRules | None = None, horizon: int | N
     if not metrics:
         raise ValueError(f"{path}: no metrics rows" + (f" at or before step {horizon}" if horizon else ""))
     run = RunData(path, RunConfig.from_dict(raw["config"]), raw.get("provenance", {}), summary,
-                  metrics, htsr)
+                  metrics, htsr, horizon=horizon)
     run.phases = analyse_run(metrics, htsr, rules or PhaseRules())
     return run
 
@@ -133,7 +136,11 @@ def run_rows(path_or_run, rules: PhaseRules | None = None, horizon: int | None =
                "final_test_acc": float(last["test_acc"]), "final_train_acc": float(last["train_acc"]),
                "drop_from_peak": mp.peak_test_acc - float(last["test_acc"]),
                "collapsed": mp.collapsed, "collapse_step": mp.collapse_step,
-               "collapse_prevented": not mp.collapsed, "warning_step": mp.warning_step,
+               "reached_horizon": run.horizon is None or steps >= run.horizon, "horizon": run.horizon,
+               # prevented: not collapsed by the horizon; undecided (None) while short of it
+               "collapse_prevented": (not mp.collapsed) if (run.horizon is None or steps >= run.horizon)
+               else (False if mp.collapsed else None),
+               "warning_step": mp.warning_step,
                "warning_reason": mp.warning_reason, "lead_time": mp.lead_time,
                "wall_time_s": float(last["wall_time"]) if last.get("wall_time") not in (None, "") else None,
                "K": run.cfg.K, "device": _device(run), "commit": run.provenance.get("git_commit")}
@@ -172,23 +179,25 @@ def method_rows(rows: list[dict]) -> list[dict]:
     out = []
     for label, rs in groups.items():
         n = len(rs)
+        done = [r for r in rs if r["reached_horizon"]]   # the numbers below describe these
         agg = {"method": label, "method_name": rs[0]["method_name"], "lr": rs[0]["lr"], "wd": rs[0]["wd"], "n": n,
                "seeds": ",".join(str(r["seed"]) for r in rs),
                "steps_min": min(r["steps"] for r in rs), "steps_max": max(r["steps"] for r in rs),
+               "horizon": rs[0]["horizon"], "n_reached": len(done),
                "collapsed": sum(bool(r["collapsed"]) for r in rs),
-               "prevented": sum(bool(r["collapse_prevented"]) for r in rs),
+               "prevented": sum(r["collapse_prevented"] is True for r in rs),
                "warned": sum(r["warning_step"] is not None for r in rs),
                "devices": ", ".join(sorted({r["device"] for r in rs})),
                "runs": ", ".join(dict.fromkeys(r["run"] for r in rs))}
         for key in ("peak_test_acc", "peak_step", "final_test_acc", "final_train_acc", "drop_from_peak",
                     "min_alpha_after_peak", "max_traps_after_peak", "lead_time"):
-            agg[key] = _stats(r.get(key) for r in rs)
+            agg[key] = _stats(r.get(key) for r in done)
         for key in ("test_acc_1e6", "test_acc_1e7"):   # only when every member got there
             vals = [r.get(key) for r in rs]
             agg[key] = _stats(vals) if all(v is not None for v in vals) else None
         # cost: training seconds per member and 10^5 steps (a run's wall time is shared by its K)
         agg["seconds_per_1e5_member_steps"] = _stats(
-            r["wall_time_s"] / r["K"] / max(r["steps"], 1) * 1e5 for r in rs if r["wall_time_s"])
+            r["wall_time_s"] / r["K"] / max(r["steps"], 1) * 1e5 for r in done if r["wall_time_s"])
         out.append(agg)
     return out
 
@@ -211,7 +220,7 @@ def _cell(v) -> str:
 
 
 def method_markdown(agg: list[dict]) -> str:
-    head = ["method", "seeds", "steps reached", "peak test acc", "test acc at 1e6", "test acc at 1e7",
+    head = ["method", "seeds", "steps reached", "at the horizon", "peak test acc", "test acc at 1e6", "test acc at 1e7",
             "final test acc", "drop from peak", "min alpha after peak", "max traps after peak",
             "collapsed", "collapse prevented", "warned", "warning lead time (steps)",
             "s per 1e5 member-steps", "device"]
@@ -219,7 +228,7 @@ def method_markdown(agg: list[dict]) -> str:
     for a in agg:
         steps = str(a["steps_min"]) if a["steps_min"] == a["steps_max"] else f"{a['steps_min']}–{a['steps_max']}"
         lines.append("| " + " | ".join([
-            a["method"], f"{a['n']} ({a['seeds']})", steps, _ms(a["peak_test_acc"]),
+            a["method"], f"{a['n']} ({a['seeds']})", steps, f"{a['n_reached']}/{a['n']}", _ms(a["peak_test_acc"]),
             _ms(a["test_acc_1e6"]), _ms(a["test_acc_1e7"]), _ms(a["final_test_acc"]),
             _ms(a["drop_from_peak"]), _ms(a["min_alpha_after_peak"], 2), _ms(a["max_traps_after_peak"], 1),
             f"{a['collapsed']}/{a['n']}", f"{a['prevented']}/{a['n']}", f"{a['warned']}/{a['n']}",
@@ -255,12 +264,21 @@ def findings_markdown(agg: list[dict]) -> str:
     for a in agg:
         ref = next((b for b in agg if b["method_name"] == "none" and b["wd"] == 0
                     and b["lr"] == a["lr"]), None)
-        reach = (f"{a['steps_min']:,}" if a["steps_min"] == a["steps_max"]
-                 else f"{a['steps_min']:,}–{a['steps_max']:,}")
-        s = (f"* **{a['method']}** ({a['n']} seeds, to step {reach}): collapsed in {a['collapsed']} of "
-             f"{a['n']} (collapse prevented in {a['prevented']}); peak test accuracy {_ms(a['peak_test_acc'])}, "
-             f"final {_ms(a['final_test_acc'])}, drop {_ms(a['drop_from_peak'])}")
-        if ref is not None and a is not ref:
+        if a["horizon"] is None:
+            reach = (f"{a['n']} seeds, to step " + (f"{a['steps_min']:,}" if a["steps_min"] == a["steps_max"]
+                                                    else f"{a['steps_min']:,}–{a['steps_max']:,}"))
+        else:
+            reach = f"{a['n']} seeds, {a['n_reached']} of them at step {a['horizon']:,}"
+            if a["n_reached"] < a["n"]:
+                reach += f", the others short of it (from step {a['steps_min']:,})"
+        s = (f"* **{a['method']}** ({reach}): collapsed in {a['collapsed']} of {a['n']}, collapse prevented "
+             f"in {a['prevented']}")
+        if not a["n_reached"]:
+            lines.append(s + "; no member has reached the horizon yet.")
+            continue
+        s += (f"; over the {a['n_reached']} at the end: peak test accuracy {_ms(a['peak_test_acc'])}, "
+              f"final {_ms(a['final_test_acc'])}, drop {_ms(a['drop_from_peak'])}")
+        if ref is not None and a is not ref and ref["n_reached"]:
             d_final = a["final_test_acc"][0] - ref["final_test_acc"][0]
             d_drop = a["drop_from_peak"][0] - ref["drop_from_peak"][0]
             s += f"; against {ref['method']}: final {d_final:+.3f}, drop {d_drop:+.3f}"

@@ -11,14 +11,14 @@ import pytest
 from alphareg.config import RunConfig
 from alphareg.paper_values import PAPER_A_TABLE1_ALPHA, PAPER_A_TABLE2_TRAPS
 from alphareg.phases import PhaseRules
-from alphareg.verdict import (findings_markdown, load_run, member_label, method_rows, paper_steps, paper_tables,
-                              method_groups, run_rows, write_verdict)
+from alphareg.verdict import (findings_markdown, load_run, member_label, method_groups, method_markdown,
+                              method_rows, paper_steps, paper_tables, run_rows, write_verdict)
 
 STEPS = [0, 10, 100, 1000, 10000]
 
 
 def make_run(root: Path, name: str, seeds, test_accs, fc1_alphas, *, wd=0.0, method="none",
-             traps=None, wall=(0, 1, 2, 3, 4)) -> Path:
+             traps=None, wall=(0, 1, 2, 3, 4), steps=STEPS) -> Path:
     """A run directory as the engine writes it: config.json, metrics.csv, htsr.csv."""
     cfg = RunConfig(lr=[5e-3], wd=[wd], seeds=list(seeds), method=method, name=name)
     path = root / name
@@ -29,13 +29,13 @@ def make_run(root: Path, name: str, seeds, test_accs, fc1_alphas, *, wd=0.0, met
     with open(path / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["step", "member", "seed", "lr", "wd", "train_acc", "test_acc", "wall_time"])
-        for i, st in enumerate(STEPS):
+        for i, st in enumerate(steps):
             for k, seed in enumerate(seeds):
                 w.writerow([st, k, seed, 5e-3, wd, 0.5 if st == 0 else 1.0, test_accs[k][i], wall[i]])
     with open(path / "htsr.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["step", "member", "seed", "layer", "alpha", "traps_mean"])
-        for i, st in enumerate(STEPS):
+        for i, st in enumerate(steps):
             for k, seed in enumerate(seeds):
                 w.writerow([st, k, seed, "fc1", fc1_alphas[k][i], (traps or {}).get((k, st), 1.0)])
                 w.writerow([st, k, seed, "fc2", 3.0, 0.0])
@@ -96,7 +96,7 @@ def test_methods_group_members_of_several_runs(runs):
         (statistics.fmean([20, 20, 40]), statistics.stdev([20, 20, 40])))
     assert "penalty, target_alpha 2, lr 0.005, wd 0" in agg
     text = findings_markdown(list(agg.values()))
-    assert "**plain, lr 0.005, wd 0** (3 seeds, to step 10,000): collapsed in 2 of 3 (collapse prevented in 1)" in text
+    assert "**plain, lr 0.005, wd 0** (3 seeds, to step 10,000): collapsed in 2 of 3, collapse prevented in 1;" in text
     # penalty: final 0.88, drop 0.02; plain: final mean(0.7, 0.79, 0.5), drop mean(0.2, 0.01, 0.4)
     d_final = 0.88 - statistics.fmean([0.7, 0.79, 0.5])
     d_drop = 0.02 - statistics.fmean([0.2, 0.01, 0.4])
@@ -170,3 +170,16 @@ def test_paper_values_are_the_ones_design_md_quotes():
     assert PAPER_A_TABLE2_TRAPS["fc2"][2] == (float(m.group(3)), None)
     assert "Traps (Table 2): 0 before collapse" in text
     assert all(v[i] == (0.0, None) for v in PAPER_A_TABLE2_TRAPS.values() for i in (0, 1))
+
+
+def test_members_short_of_the_horizon_are_undecided(runs, tmp_path):
+    short = make_run(tmp_path, "short", [3], [[0.1, 0.5, 0.9, 0.89]], [[6, 5, 4, 3]], steps=STEPS[:4])
+    rows = [r for p in (*runs, short) for r in run_rows(p, horizon=10_000)]
+    r3 = rows[-1]
+    assert (r3["seed"], r3["steps"], r3["reached_horizon"], r3["collapse_prevented"]) == (3, 1000, False, None)
+    agg = method_rows(rows)[0]
+    assert (agg["n"], agg["n_reached"], agg["collapsed"], agg["prevented"]) == (4, 3, 2, 1)
+    assert agg["final_test_acc"] == pytest.approx((statistics.fmean([0.7, 0.79, 0.5]),
+                                                  statistics.stdev([0.7, 0.79, 0.5])))   # seed 3 left out
+    assert "(4 seeds, 3 of them at step 10,000, the others short of it (from step 1,000))" in findings_markdown([agg])
+    assert "| plain, lr 0.005, wd 0 | 4 (0,1,2,3) | 1000–10000 | 3/4 |" in method_markdown([agg])
