@@ -271,8 +271,9 @@ def findings_markdown(agg: list[dict]) -> str:
             reach = f"{a['n']} seeds, {a['n_reached']} of them at step {a['horizon']:,}"
             if a["n_reached"] < a["n"]:
                 reach += f", the others short of it (from step {a['steps_min']:,})"
-        s = (f"* **{a['method']}** ({reach}): collapsed in {a['collapsed']} of {a['n']}, collapse prevented "
-             f"in {a['prevented']}")
+        by = f"step {a['horizon']:,}" if a["horizon"] is not None else "their last step"
+        s = (f"* **{a['method']}** ({reach}): collapsed in {a['collapsed']} of {a['n']}, not collapsed by "
+             f"{by} (= collapse prevented) in {a['prevented']}")
         if not a["n_reached"]:
             lines.append(s + "; no member has reached the horizon yet.")
             continue

@@ -96,7 +96,7 @@ def test_methods_group_members_of_several_runs(runs):
         (statistics.fmean([20, 20, 40]), statistics.stdev([20, 20, 40])))
     assert "penalty, target_alpha 2, lr 0.005, wd 0" in agg
     text = findings_markdown(list(agg.values()))
-    assert "**plain, lr 0.005, wd 0** (3 seeds, to step 10,000): collapsed in 2 of 3, collapse prevented in 1;" in text
+    assert "**plain, lr 0.005, wd 0** (3 seeds, to step 10,000): collapsed in 2 of 3, not collapsed by their last step (= collapse prevented) in 1;" in text
     # penalty: final 0.88, drop 0.02; plain: final mean(0.7, 0.79, 0.5), drop mean(0.2, 0.01, 0.4)
     d_final = 0.88 - statistics.fmean([0.7, 0.79, 0.5])
     d_drop = 0.02 - statistics.fmean([0.2, 0.01, 0.4])
