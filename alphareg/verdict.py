@@ -40,10 +40,10 @@ from pathlib import Path
 import pandas as pd
 
 from .config import RunConfig
-from .monitor import HTSR
+from .monitor import HTSR, HTSRTable
 from .phases import PhaseRules, analyse_run
 from .report import _mean_sd, _nearest_row, _value
-from .rundir import CONFIG, METRICS, SUMMARY
+from .rundir import CONFIG, METRICS, SUMMARY, read_metrics
 
 COLUMNS = ("method", "lr", "wd", "run", "member", "seed", "steps", "peak_test_acc", "peak_step", "test_acc_1e6",
            "test_acc_1e7", "final_test_acc", "final_train_acc", "drop_from_peak",
@@ -65,20 +65,13 @@ class RunData:
     horizon: int | None = None
 
 
-def _read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def load_run(path: str | Path, rules: PhaseRules | None = None, horizon: int | None = None) -> RunData:
     path = Path(path)
     raw = json.loads((path / CONFIG).read_text())
     summary = json.loads((path / SUMMARY).read_text()) if (path / SUMMARY).is_file() else {}
     keep = (lambda r: True) if horizon is None else (lambda r: int(r["step"]) <= horizon)
-    metrics = [r for r in _read_csv(path / METRICS) if keep(r)]
-    htsr = [r for r in _read_csv(path / HTSR) if keep(r)]
+    metrics = [r for r in read_metrics(path) if keep(r)]
+    htsr = [r for r in HTSRTable(path).read() if keep(r)]
     if not metrics:
         raise ValueError(f"{path}: no metrics rows" + (f" at or before step {horizon}" if horizon else ""))
     run = RunData(path, RunConfig.from_dict(raw["config"]), raw.get("provenance", {}), summary,
