@@ -37,11 +37,11 @@ def main(argv=None) -> int:
                         "and their commands in DIR/runs.md")
     p.add_argument("--horizon", type=int, default=None, help="with --verdict: cut every run at this step")
     a = p.parse_args(argv)
-    for flag, v in (("--hours", a.hours), ("--workers", a.workers - 1), ("--chunk", a.chunk - 1)):
-        if v < 0:
-            p.error(f"{flag} must be {'>= 0' if flag == '--hours' else '>= 1'}, got {v if flag == '--hours' else v + 1}")
-    if a.steps is not None and a.steps < 1:
-        p.error(f"--steps must be >= 1, got {a.steps}")
+    if a.hours < 0:
+        p.error(f"--hours must be >= 0, got {a.hours}")
+    for flag, v in (("--workers", a.workers), ("--chunk", a.chunk), ("--steps", a.steps), ("--horizon", a.horizon)):
+        if v is not None and v < 1:
+            p.error(f"{flag} must be >= 1, got {v}")
     try:
         runs = plan(a.preset, a.methods.split(",") if a.methods else None)
     except ValueError as e:
@@ -51,12 +51,15 @@ def main(argv=None) -> int:
     except ValueError as e:
         p.error(f"--run-args {a.run_args!r}: {e}")
     target = a.steps or PRESETS[a.preset][1]
+    code = 0
     if not a.list and a.hours > 0:
         codes = run_campaign(runs, target, a.hours, a.workers, a.chunk, a.runs_dir, extra,
                              log=lambda s: print(f"experiments.evidence: {s}", file=sys.stderr, flush=True))
         failed = {n: c for n, c in codes.items() if c not in (0, 130)}
         if failed:
-            print(f"experiments.evidence: runs that failed (see <runs-dir>/<name>.log): {failed}", file=sys.stderr)
+            print(f"experiments.evidence: runs that failed or did not advance (see <runs-dir>/<name>.log): "
+                  f"{failed}", file=sys.stderr)
+            code = 1
     print(progress_table(runs, a.runs_dir, target))
     if a.verdict:
         from pathlib import Path
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
         write_verdict(started, a.verdict, horizon=a.horizon, copy_runs=True)
         (Path(a.verdict) / "runs.md").write_text(commands_markdown(runs, a.runs_dir, target))
         print(f"experiments.evidence: verdict of {len(started)} runs written to {a.verdict}", file=sys.stderr)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def test_evidence_cli_lists_and_rejects_bad_input(tmp_path):
     r = cli("fast", "--hours", "0", "--run-args", "--device \"cuda", "--runs-dir", str(tmp_path))
     assert r.returncode == 2 and "--run-args" in r.stderr, r.stderr
     for args, flag in ((["fast", "--methods", "magic"], "--methods"), (["fast", "--workers", "0"], "--workers"),
-                       (["fast", "--hours", "-1"], "--hours"), (["fast", "--hours", "0", "--verdict", str(tmp_path / "v"),
+                       (["fast", "--hours", "-1"], "--hours"), (["fast", "--chunk", "0"], "--chunk"), (["fast", "--hours", "0", "--verdict", str(tmp_path / "v"),
                                                                  "--runs-dir", str(tmp_path)], "--verdict")):
         r = cli(*args)
         assert r.returncode == 2 and flag in r.stderr, (args, r.stderr)
