@@ -139,9 +139,8 @@ def run_campaign(runs: list[PlannedRun], target: int, hours: float, workers: int
                     log(f"{name}: stopped ({codes[name]}) at step {progress(runs_dir, run)}; "
                         "the same command resumes it")
                 break
-            todo = sorted((progress(runs_dir, r), r.name, r) for r in runs
-                          if r.name not in running and codes.get(r.name, 0) in (0, 130)
-                          and progress(runs_dir, r) < target)
+            idle = [r for r in runs if r.name not in running and codes.get(r.name, 0) in (0, 130)]
+            todo = sorted(t for t in ((progress(runs_dir, r), r.name, r) for r in idle) if t[0] < target)
             if not todo and not running:
                 break
             for step, name, run in todo[:max(0, workers - len(running))]:

@@ -72,25 +72,17 @@ def _value(row: dict, col: str) -> float:
     return math.nan if col == "alpha" and x < 0 else x
 
 
-def phase_point_cells(htsr_rows: list[dict], phases: list,
-                      cols=("alpha", "traps_mean", "ks_stat", "ks_pvalue")) -> dict[tuple[str, str, str], list[float]]:
-    """(column, layer, phase point) -> the values of every member at that point (the latest
-    analysed step at or before it; NaN where not fitted)."""
+def htsr_tables(htsr_rows: list[dict], phases: list) -> str:
+    """Markdown tables in the layout of paper A Tables 1, 2 and 4: per layer, mean ± sd over
+    members of alpha, correlation traps, and the KS statistic / p-value, at the phase points."""
+    layers = sorted({r["layer"] for r in htsr_rows})
     cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for mp in phases:
         mine = [r for r in htsr_rows if int(r["member"]) == mp.member]
         for name, step in phase_points(mp).items():
             for r in _nearest_row(mine, step):
-                for col in cols:
+                for col in ("alpha", "traps_mean", "ks_stat", "ks_pvalue"):
                     cells[(col, r["layer"], name)].append(_value(r, col))
-    return cells
-
-
-def htsr_tables(htsr_rows: list[dict], phases: list) -> str:
-    """Markdown tables in the layout of paper A Tables 1, 2 and 4: per layer, mean ± sd over
-    members of alpha, correlation traps, and the KS statistic / p-value, at the phase points."""
-    layers = sorted({r["layer"] for r in htsr_rows})
-    cells = phase_point_cells(htsr_rows, phases)
     out = []
     for title, col in (("Table 1 — HTSR alpha", "alpha"), ("Table 2 — correlation traps (mean over shuffles)", "traps_mean"),
                        ("Table 4a — KS statistic, shuffled ESD vs fitted MP", "ks_stat"),

@@ -30,6 +30,7 @@ Figure 4 (alpha per layer) style plots per method and one comparison figure.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -121,6 +122,7 @@ def run_rows(path_or_run, rules: PhaseRules | None = None, horizon: int | None =
         d = sorted((r for r in run.metrics if int(r["member"]) == k), key=lambda r: int(r["step"]))
         last = d[-1]
         steps = int(last["step"])
+        reached = run.horizon is None or steps >= run.horizon
         row = {"method": member_label(run.cfg, k), "method_name": run.cfg.method,
                "lr": run.cfg.member_lrs()[k],
                "wd": run.cfg.member_wds()[k], "run": run.path.name, "member": k,
@@ -129,10 +131,9 @@ def run_rows(path_or_run, rules: PhaseRules | None = None, horizon: int | None =
                "final_test_acc": float(last["test_acc"]), "final_train_acc": float(last["train_acc"]),
                "drop_from_peak": mp.peak_test_acc - float(last["test_acc"]),
                "collapsed": mp.collapsed, "collapse_step": mp.collapse_step,
-               "reached_horizon": run.horizon is None or steps >= run.horizon, "horizon": run.horizon,
+               "reached_horizon": reached, "horizon": run.horizon,
                # prevented: not collapsed by the horizon; undecided (None) while short of it
-               "collapse_prevented": (not mp.collapsed) if (run.horizon is None or steps >= run.horizon)
-               else (False if mp.collapsed else None),
+               "collapse_prevented": (not mp.collapsed) if reached else (False if mp.collapsed else None),
                "warning_step": mp.warning_step,
                "warning_reason": mp.warning_reason, "lead_time": mp.lead_time,
                "wall_time_s": float(last["wall_time"]) if last.get("wall_time") not in (None, "") else None,
@@ -296,17 +297,17 @@ class MethodData:
     phases: list = field(default_factory=list)
 
 
-def method_groups(runs: list[RunData], rules: PhaseRules | None = None) -> list[MethodData]:
+def method_groups(runs: list[RunData]) -> list[MethodData]:
+    """Members of the runs grouped by ``member_label``; each keeps the phases its run computed."""
     groups: dict[str, MethodData] = {}
     for run in runs:
         for mp in run.phases:
             label = member_label(run.cfg, mp.member)
             g = groups.setdefault(label, MethodData(label, run.cfg.member_lrs()[mp.member]))
-            new = str(len({r["member"] for r in g.metrics}))
-            g.metrics += [{**r, "member": new} for r in run.metrics if int(r["member"]) == mp.member]
-            g.htsr += [{**r, "member": new} for r in run.htsr if int(r["member"]) == mp.member]
-    for g in groups.values():
-        g.phases = analyse_run(g.metrics, g.htsr, rules or PhaseRules())
+            new = len(g.phases)
+            g.metrics += [{**r, "member": str(new)} for r in run.metrics if int(r["member"]) == mp.member]
+            g.htsr += [{**r, "member": str(new)} for r in run.htsr if int(r["member"]) == mp.member]
+            g.phases.append(dataclasses.replace(mp, member=new))
     return list(groups.values())
 
 
@@ -369,22 +370,26 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_")
 
 
+def _frame(rows: list[dict], cols: tuple[str, ...]) -> pd.DataFrame:
+    """Table rows (strings, as read from CSV) as a DataFrame with ``cols`` numeric (blank: NaN)."""
+    df = pd.DataFrame(rows)
+    for c in cols:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    return df
+
+
 def plot_methods(groups: list[MethodData], out: Path) -> list[Path]:
     """Per method: Figure 1 (train/test accuracy of every member, mean in bold) and Figure 4
     (alpha of every layer, members thin, phases of the first member shaded)."""
     from .plots import plot_accuracy, plot_alpha
     made = []
     for g in groups:
-        m = pd.DataFrame(g.metrics)
-        for c in ("step", "member", "train_acc", "test_acc"):
-            m[c] = pd.to_numeric(m[c])
+        m = _frame(g.metrics, ("step", "member", "train_acc", "test_acc"))
         p1 = out / f"fig1_accuracy_{_slug(g.label)}.png"
         plot_accuracy(m, p1, f"{g.label}: accuracy, {len(g.phases)} seed(s) (Figure 1)")
         made.append(p1)
         if g.htsr:
-            h = pd.DataFrame(g.htsr)
-            for c in ("step", "member", "alpha"):
-                h[c] = pd.to_numeric(h[c], errors="coerce")
+            h = _frame(g.htsr, ("step", "member", "alpha"))
             p4 = out / f"fig4_alpha_{_slug(g.label)}.png"
             plot_alpha(h, m, p4, g.phases, f"{g.label}: alpha per layer (Figure 4)")
             made.append(p4)
@@ -397,15 +402,11 @@ def plot_verdict(groups: list[MethodData], path: Path) -> None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, g in enumerate(groups):
-        m = pd.DataFrame(g.metrics)
-        for c in ("step", "member", "test_acc"):
-            m[c] = pd.to_numeric(m[c])
+        m = _frame(g.metrics, ("step", "member", "test_acc"))
         _lines(a1, m, "test_acc", g.label, colors[i % len(colors)])
         first = [r for r in g.htsr if r["layer"] == (g.htsr[0]["layer"] if g.htsr else "")]
         if first:
-            h = pd.DataFrame(first)
-            for c in ("step", "member", "alpha"):
-                h[c] = pd.to_numeric(h[c], errors="coerce")
+            h = _frame(first, ("step", "member", "alpha"))
             h["alpha"] = h["alpha"].where(h["alpha"] >= 0)
             _lines(a2, h, "alpha", g.label, colors[i % len(colors)])
     a2.axhline(2.0, color="k", ls=":", lw=1.2)
@@ -458,7 +459,7 @@ def write_verdict(runs, out_dir: str | Path, rules: PhaseRules | None = None,
         w = csv.DictWriter(f, fieldnames=list(flat[0]))
         w.writeheader()
         w.writerows(flat)
-    groups = method_groups(data, rules)
+    groups = method_groups(data)
     cut = f"cut at step {horizon}" if horizon else "each run to its last logged step"
     (out / "verdict.md").write_text(
         f"## Findings ({cut}; generated from the table below)\n\n" + findings_markdown(agg)
