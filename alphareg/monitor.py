@@ -173,6 +173,8 @@ class HTSRMonitor:
         self.pending.append(fut)
 
     def _collect(self, fut: Future) -> None:
+        if fut.cancelled():   # dropped by close(wait=False): its snapshot is analysed on resume
+            return
         try:
             self.table.append(fut.result())
         except Exception as e:  # reported at the end of the run, never silently dropped

@@ -1,11 +1,13 @@
 """The HTSR monitor's per-snapshot analysis, its table, and the ESD figures."""
 import math
+from concurrent.futures import wait
 
 import torch
 
 from alphareg.esd_plots import esd_paths, esd_steps, plot_esd_snapshot
 from alphareg.models import PopulationMLP
-from alphareg.monitor import HTSRTable, analyse_snapshot
+from alphareg.monitor import HTSRMonitor, HTSRTable, analyse_snapshot
+from alphareg.rundir import snapshot_file, snapshot_steps
 
 
 def _snapshot(tmp_path, step=7):
@@ -33,6 +35,35 @@ def test_snapshot_rows_carry_our_fit_and_weightwatchers_own_columns(tmp_path):
     no_ww = analyse_snapshot(_snapshot(tmp_path), n_shuffles=2, seed=0)
     assert all(r["ww_alpha"] == "" for r in no_ww)
     assert [r["alpha"] for r in no_ww] == [r["alpha"] for r in rows]
+
+
+class _RunPath:
+    """The two things the monitor needs of a RunDir."""
+    def __init__(self, path):
+        self.path = path
+
+    def snapshot_path(self, step):
+        return snapshot_file(self.path, step)
+
+    def snapshot_steps(self):
+        return snapshot_steps(self.path)
+
+
+def test_interrupted_monitor_drops_its_queue_without_errors_and_catches_up(tmp_path):
+    (tmp_path / "snapshots").mkdir()
+    for step in range(1, 7):
+        _snapshot(tmp_path / "snapshots", step=step)
+    run = _RunPath(tmp_path)
+    mon = HTSRMonitor(run, n_shuffles=1)
+    assert mon.catch_up() == [1, 2, 3, 4, 5, 6]
+    queued = list(mon.pending)
+    mon.close(wait=False)          # what an interrupted run does
+    wait(queued, timeout=300)      # the pool cancels the queue in its own thread
+    assert any(f.cancelled() for f in queued)
+    assert mon.errors == []        # a dropped snapshot is not a failure: it waits for the resume
+    again = HTSRMonitor(run, n_shuffles=1, background=False)
+    again.catch_up()
+    assert again.missing_steps() == [] and again.table.steps() == {1, 2, 3, 4, 5, 6}
 
 
 def test_htsr_table_append_read_truncate(tmp_path):
