@@ -397,18 +397,22 @@ def plot_methods(groups: list[MethodData], out: Path) -> list[Path]:
 
 
 def plot_verdict(groups: list[MethodData], path: Path) -> None:
-    """All methods on one page: test accuracy and fc1's alpha (members thin, mean bold)."""
+    """All methods on one page: the mean over each method's members of test accuracy and of the
+    first layer's alpha (one line per method stays readable with many methods; the members are in
+    the per-method figures of ``plot_methods``)."""
     from .plots import _lines, _save, plt
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, g in enumerate(groups):
         m = _frame(g.metrics, ("step", "member", "test_acc"))
-        _lines(a1, m, "test_acc", g.label, colors[i % len(colors)])
+        n = m["member"].nunique()
+        label = f"{g.label} (mean of {n})" if n > 1 else g.label
+        _lines(a1, _member_mean(m, "test_acc"), "test_acc", label, colors[i % len(colors)])
         first = [r for r in g.htsr if r["layer"] == (g.htsr[0]["layer"] if g.htsr else "")]
         if first:
             h = _frame(first, ("step", "member", "alpha"))
             h["alpha"] = h["alpha"].where(h["alpha"] >= 0)
-            _lines(a2, h, "alpha", g.label, colors[i % len(colors)])
+            _lines(a2, _member_mean(h, "alpha"), "alpha", label, colors[i % len(colors)])
     a2.axhline(2.0, color="k", ls=":", lw=1.2)
     first_layer = next((g.htsr[0]["layer"] for g in groups if g.htsr), "first layer")
     for ax, t in ((a1, "test accuracy"), (a2, f"weightwatcher alpha of {first_layer}")):
@@ -419,6 +423,13 @@ def plot_verdict(groups: list[MethodData], path: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
+
+
+def _member_mean(df, col: str):
+    """``df`` reduced to one pseudo-member 0 holding the mean of ``col`` over members per step."""
+    out = df.groupby("step", as_index=False)[col].mean()
+    out["member"] = 0
+    return out
 
 
 #: the files of a run directory a verdict needs (no checkpoints, no weight snapshots)
