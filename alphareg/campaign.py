@@ -13,6 +13,14 @@ and SIGTERM makes it checkpoint at the next step boundary and exit 130. The runn
 3. when the wall-clock budget is spent (or the runner gets SIGINT/SIGTERM) sends SIGTERM to the
    runs in flight and waits for their checkpoints. A run that fails (exit code not 0 or 130), or
    ends without advancing, is not restarted in the same invocation and is reported.
+
+Tuned methods (``TUNED``: ``wdctl_opt``, ``lrctl_opt``) train with the best trial of an Optuna
+study (``experiments.tune``, objective: the minimum validation accuracy from ``late_from`` on, see
+``alphareg.tuning``) over their search space. While the study has no complete trial the run's job
+*is* the study (``study_command``: trials of target / 10 steps, late window from target / 20,
+``STUDY_TRIALS`` trials trained as one population, no HTSR); when it ends the run is planned again
+with the best trial's settings as flags and trains like any other. Nothing is typed in by hand:
+the flags come from ``study.best_trial.params`` and the parser's own option names.
 """
 from __future__ import annotations
 
@@ -43,6 +51,11 @@ METHODS = {
     "early_stop": ("experiments.alpha_reg", ("--method", "early_stop", "--val-per-class", "100")),
 }
 
+#: tuned method key -> --method whose search space an Optuna study explores (seed 0, validation split)
+TUNED = {"wdctl_opt": "wd_controller", "lrctl_opt": "lr_controller"}
+#: trials per study, all trained at once as one lockstep population
+STUDY_TRIALS = 6
+
 #: seed groups per (preset, method): one run per group (a population of those seeds). The fast
 #: preset's first runs trained seeds 0,1 together and seed 2 alone; later methods train 0,1,2.
 SEED_GROUPS = {("fast", m): ("0,1", "2") for m in ("wd0", "penalty_t2", "wdctl_t2")}
@@ -57,26 +70,77 @@ class PlannedRun:
     name: str
     module: str
     flags: tuple[str, ...]
+    study: tuple[str, ...] = ()     # a tuned method whose study has no complete trial: its command
 
     def command(self, steps: int, runs_dir: str, extra: tuple[str, ...] = ()) -> list[str]:
+        if self.study:
+            return [sys.executable, *self.study, *extra]
         return [sys.executable, "-m", self.module, "--lr", PRESETS[self.preset][0], *self.flags,
                 "--seeds", self.seeds, "--steps", str(steps), "--name", self.name,
                 "--runs-dir", runs_dir, "--no-progress", "--plot-minutes", "5", *extra]
 
 
-def plan(preset: str, methods: list[str] | None = None) -> list[PlannedRun]:
+def study_name(preset: str, key: str) -> str:
+    return f"{PRESETS[preset][2]}_{key}"
+
+
+def study_command(preset: str, key: str, studies_dir: str = "studies") -> tuple[str, ...]:
+    """The ``experiments.tune`` command of a tuned method's study (storage
+    ``<studies_dir>/<study>.db``; trial run directories in ``studies/<study>/``)."""
+    lr, target, _ = PRESETS[preset]
+    name = study_name(preset, key)
+    return ("-m", "experiments.tune", "--method", TUNED[key], "--lr", lr, "--seeds", "0",
+            "--steps", str(target // 10), "--late-from", str(target // 20),
+            "--population", str(STUDY_TRIALS), "--n-trials", str(STUDY_TRIALS), "--study", name,
+            "--storage", f"sqlite:///{studies_dir}/{name}.db", "--no-htsr", "--no-snapshots",
+            "--no-progress")
+
+
+def best_flags(preset: str, key: str, studies_dir: str = "studies") -> tuple[str, ...] | None:
+    """The best complete trial of the method's study as command-line flags (the parser's own
+    option name of each parameter), or None while the study has no complete trial."""
+    db = Path(studies_dir) / f"{study_name(preset, key)}.db"
+    if not db.is_file():
+        return None
+    import optuna
+    from optuna.trial import TrialState
+
+    from .cli import build_parser
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from .tuning import make_storage
+    try:
+        study = optuna.load_study(study_name=study_name(preset, key), storage=make_storage(f"sqlite:///{db}"))
+    except KeyError:
+        return None
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    options = {a.dest: a.option_strings[0] for a in build_parser("x", "", default_method=TUNED[key])._actions
+               if a.option_strings}
+    flags: list[str] = []
+    for name, value in sorted(study.best_trial.params.items()):
+        flags += [options[name], repr(value) if isinstance(value, float) else str(value)]
+    return tuple(flags)
+
+
+def plan(preset: str, methods: list[str] | None = None, studies_dir: str = "studies") -> list[PlannedRun]:
     if preset not in PRESETS:
         raise ValueError(f"preset {preset!r} is unknown; allowed: {', '.join(PRESETS)}")
-    bad = [m for m in methods or [] if m not in METHODS]
+    known = [*METHODS, *TUNED]
+    bad = [m for m in methods or [] if m not in known]
     if bad:
-        raise ValueError(f"--methods {','.join(bad)} unknown; allowed: {', '.join(METHODS)}")
+        raise ValueError(f"--methods {','.join(bad)} unknown; allowed: {', '.join(known)}")
     prefix = PRESETS[preset][2]
     out = []
-    for m in methods or list(METHODS):
-        module, flags = METHODS[m]
+    for m in methods or known:
+        if m in TUNED:
+            best = best_flags(preset, m, studies_dir)
+            module, flags = "experiments.alpha_reg", ("--method", TUNED[m], *(best or ()))
+            study = () if best is not None else study_command(preset, m, studies_dir)
+        else:
+            (module, flags), study = METHODS[m], ()
         for seeds in SEED_GROUPS.get((preset, m), DEFAULT_SEEDS):
             tag = "s" + seeds.replace(",", "")
-            out.append(PlannedRun(preset, m, seeds, f"{prefix}_{m}_{tag}", module, flags))
+            out.append(PlannedRun(preset, m, seeds, f"{prefix}_{m}_{tag}", module, flags, study))
     return out
 
 
@@ -103,9 +167,13 @@ def next_stop(step: int, chunk: int, target: int) -> int:
 
 
 def run_campaign(runs: list[PlannedRun], target: int, hours: float, workers: int, chunk: int,
-                 runs_dir: str = "runs", extra: tuple[str, ...] = (), log=print) -> dict[str, int]:
+                 runs_dir: str = "runs", extra: tuple[str, ...] = (), log=print,
+                 studies_dir: str = "studies") -> dict[str, int]:
     """Advance ``runs`` towards ``target`` steps for at most ``hours`` of wall time; returns each
-    run's exit code of its last chunk (missing: never started)."""
+    run's exit code of its last chunk (missing: never started). A run still waiting for its study
+    runs the study first (stopped by SIGINT, which Optuna's worker records) and is then planned
+    again with the best trial's flags."""
+    runs = list(runs)
     deadline = time.monotonic() + hours * 3600
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -125,15 +193,24 @@ def run_campaign(runs: list[PlannedRun], target: int, hours: float, workers: int
                     codes[name] = proc.returncode
                     del running[name]
                     now = progress(runs_dir, run)
+                    if run.study:
+                        again = plan(run.preset, [run.method], studies_dir)
+                        again = next(r for r in again if r.name == name)
+                        log(f"{name}: study exit {proc.returncode}; "
+                            + (f"best trial: {' '.join(again.flags)}" if not again.study else "no complete trial"))
+                        runs[runs.index(run)] = again
+                        if proc.returncode == 0 and again.study:
+                            codes[name] = -1
+                        continue
                     log(f"{name}: exit {proc.returncode} at step {now}")
                     if proc.returncode == 0 and now <= started_at[name]:
                         codes[name] = -1      # ended without advancing: do not loop on it
                         log(f"{name}: did not advance past step {now}; left alone this time")
             out_of_time = stop["now"] or time.monotonic() >= deadline
             if out_of_time:
-                for proc, _ in running.values():
+                for proc, run in running.values():
                     if proc.poll() is None:
-                        proc.send_signal(signal.SIGTERM)
+                        proc.send_signal(signal.SIGINT if run.study else signal.SIGTERM)
                 for name, (proc, run) in running.items():
                     codes[name] = proc.wait()
                     log(f"{name}: stopped ({codes[name]}) at step {progress(runs_dir, run)}; "
@@ -146,7 +223,8 @@ def run_campaign(runs: list[PlannedRun], target: int, hours: float, workers: int
             for step, name, run in todo[:max(0, workers - len(running))]:
                 stop_at = next_stop(step, chunk, target)
                 cmd = run.command(stop_at, runs_dir, extra)
-                log(f"{name}: step {step} -> {stop_at}: {' '.join(cmd[1:])}")
+                what = "study (its best trial sets the run's flags)" if run.study else f"step {step} -> {stop_at}"
+                log(f"{name}: {what}: {' '.join(cmd[1:])}")
                 started_at[name] = step
                 with open(Path(runs_dir) / f"{name}.log", "a") as f:
                     running[name] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
@@ -162,7 +240,8 @@ def progress_table(runs: list[PlannedRun], runs_dir: str, target: int) -> str:
     lines = ["| run | method | seeds | steps | of target |", "|---|---|---|---|---|"]
     for r in runs:
         st = progress(runs_dir, r)
-        lines.append(f"| {r.name} | {r.method} | {r.seeds} | {st:,} | {st / target:.1%} |")
+        method = f"{r.method} (study pending)" if r.study else r.method
+        lines.append(f"| {r.name} | {method} | {r.seeds} | {st:,} | {st / target:.1%} |")
     return "\n".join(lines) + "\n"
 
 

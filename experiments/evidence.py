@@ -4,6 +4,7 @@ within a time budget, then the verdict rebuilt from what the runs reached.
     python -m experiments.evidence fast --hours 2.5            # CPU: lr 5e-3 to 1e6 steps
     python -m experiments.evidence paper --hours 0.15 --workers 1 --run-args "--device cuda"
     python -m experiments.evidence fast --list                 # progress of every planned run
+    python -m experiments.evidence fast --methods wdctl_opt    # Optuna study, then its best trial
     python -m experiments.evidence fast --hours 0 --verdict reports/verdict/fast_preset
 
 Repeat the same command every session: each run resumes from its checkpoint; the least advanced
@@ -14,7 +15,7 @@ import argparse
 import shlex
 import sys
 
-from alphareg.campaign import METHODS, PRESETS, commands_markdown, plan, progress_table, run_campaign
+from alphareg.campaign import METHODS, PRESETS, TUNED, commands_markdown, plan, progress_table, run_campaign
 
 
 def main(argv=None) -> int:
@@ -22,7 +23,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("preset", choices=sorted(PRESETS), help="fast = lr 5e-3 (1e6 steps); paper = lr 5e-4 (1e7)")
     p.add_argument("--methods", default=None,
-                   help=f"comma-separated subset of: {', '.join(METHODS)} (default: all)")
+                   help=f"comma-separated subset of: {', '.join([*METHODS, *TUNED])} (default: all; "
+                        f"{', '.join(TUNED)} first run their Optuna study)")
     p.add_argument("--steps", type=int, default=None, help="target steps (default: the preset's)")
     p.add_argument("--hours", type=float, default=1.0, help="wall-clock budget of this invocation")
     p.add_argument("--workers", type=int, default=2, help="runs trained at the same time")

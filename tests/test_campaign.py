@@ -72,3 +72,36 @@ def test_evidence_cli_lists_and_rejects_bad_input(tmp_path):
                                                                  "--runs-dir", str(tmp_path)], "--verdict")):
         r = cli(*args)
         assert r.returncode == 2 and flag in r.stderr, (args, r.stderr)
+
+
+def test_tuned_method_runs_its_study_then_trains_with_the_best_trial(tmp_path, monkeypatch):
+    """A tuned method: the study runs first (a real, tiny one), then the run trains with the best
+    trial's parameters as flags, read back from the study database."""
+    import optuna
+
+    from alphareg.campaign import best_flags, study_command, study_name
+    monkeypatch.chdir(tmp_path)               # trial run directories go to ./studies/<study>/
+    (pending,) = plan("fast", ["wdctl_opt"])
+    assert pending.study == study_command("fast", "wdctl_opt")
+    assert best_flags("fast", "wdctl_opt") is None
+    full = list(pending.study)                # the real study, shortened for a test
+    for flag, value in (("--steps", "40"), ("--late-from", "20"), ("--population", "2"), ("--n-trials", "2")):
+        full[full.index(flag) + 1] = value
+    run = PlannedRun("fast", "wdctl_opt", "0,1,2", pending.name, pending.module, pending.flags,
+                     tuple(full) + ("--wd-ref", "0.01", "--control-every", "10"))
+    logs = []
+    codes = run_campaign([run], target=30, hours=0.2, workers=1, chunk=100, runs_dir="runs",
+                         log=logs.append)
+    assert codes == {pending.name: 0}, logs
+    study = optuna.load_study(study_name=study_name("fast", "wdctl_opt"),
+                              storage=f"sqlite:///studies/{study_name('fast', 'wdctl_opt')}.db")
+    best = study.best_trial.params
+    assert len(study.trials) == 2 and set(best) == {"wd_gain", "wd_ref", "target_alpha", "deadband"}
+    cfg = json.loads((tmp_path / "runs" / pending.name / "config.json").read_text())["config"]
+    for name, value in best.items():          # the run trained with exactly the best trial's values
+        assert cfg[name] == pytest.approx(value, rel=1e-12), name
+    assert cfg["method"] == "wd_controller" and progress("runs", run) == 30
+    assert any("best trial: --method wd_controller" in s for s in logs)
+    (resolved,) = plan("fast", ["wdctl_opt"])
+    assert not resolved.study and resolved.flags[:2] == ("--method", "wd_controller")
+    assert "--wd-gain" in resolved.flags and "--target" in resolved.flags
