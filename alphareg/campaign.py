@@ -54,7 +54,7 @@ METHODS = {
 #: tuned method key -> --method whose search space an Optuna study explores (seed 0, validation split)
 TUNED = {"wdctl_opt": "wd_controller", "lrctl_opt": "lr_controller"}
 #: trials per study, all trained at once as one lockstep population
-STUDY_TRIALS = 6
+STUDY_TRIALS = 4
 
 #: seed groups per (preset, method): one run per group (a population of those seeds). The fast
 #: preset's first runs trained seeds 0,1 together and seed 2 alone; later methods train 0,1,2.
