@@ -122,6 +122,29 @@ def best_flags(preset: str, key: str, studies_dir: str = "studies") -> tuple[str
     return tuple(flags)
 
 
+def write_study_reports(preset: str, methods: list[str], out_dir: str | Path,
+                        studies_dir: str = "studies") -> list[Path]:
+    """For each tuned method among ``methods`` whose study exists: its report
+    (``alphareg.tuning.write_study_report``) and a copy of its database in
+    ``out_dir/studies/<study>/``. Returns the report paths."""
+    import shutil
+
+    import optuna
+
+    from .tuning import make_storage, write_study_report
+    out = []
+    for key in [m for m in methods if m in TUNED]:
+        name = study_name(preset, key)
+        db = Path(studies_dir) / f"{name}.db"
+        if not db.is_file():
+            continue
+        study = optuna.load_study(study_name=name, storage=make_storage(f"sqlite:///{db}"))
+        dest = Path(out_dir) / "studies" / name
+        out.append(write_study_report(study, dest))
+        shutil.copy2(db, dest / db.name)
+    return out
+
+
 def plan(preset: str, methods: list[str] | None = None, studies_dir: str = "studies") -> list[PlannedRun]:
     if preset not in PRESETS:
         raise ValueError(f"preset {preset!r} is unknown; allowed: {', '.join(PRESETS)}")

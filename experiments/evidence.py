@@ -15,7 +15,8 @@ import argparse
 import shlex
 import sys
 
-from alphareg.campaign import METHODS, PRESETS, TUNED, commands_markdown, plan, progress_table, run_campaign
+from alphareg.campaign import (METHODS, PRESETS, TUNED, commands_markdown, plan, progress_table,
+                               run_campaign, write_study_reports)
 
 
 def main(argv=None) -> int:
@@ -72,6 +73,7 @@ def main(argv=None) -> int:
             p.error(f"--verdict: no run of the plan has started in {a.runs_dir}")
         write_verdict(started, a.verdict, horizon=a.horizon, copy_runs=True)
         (Path(a.verdict) / "runs.md").write_text(commands_markdown(runs, a.runs_dir, target))
+        write_study_reports(a.preset, list(dict.fromkeys(r.method for r in runs)), a.verdict)
         print(f"experiments.evidence: verdict of {len(started)} runs written to {a.verdict}", file=sys.stderr)
     return code
 

@@ -102,6 +102,10 @@ def test_tuned_method_runs_its_study_then_trains_with_the_best_trial(tmp_path, m
         assert cfg[name] == pytest.approx(value, rel=1e-12), name
     assert cfg["method"] == "wd_controller" and progress("runs", run) == 30
     assert any("best trial: --method wd_controller" in s for s in logs)
+    from alphareg.campaign import write_study_reports
+    (md,) = write_study_reports("fast", ["wd0", "wdctl_opt"], "verdict")
+    assert f"| {study.best_trial.number} | COMPLETE | {study.best_value:.4f} |" in md.read_text()
+    assert (md.parent / f"{study_name('fast', 'wdctl_opt')}.db").is_file()
     (resolved,) = plan("fast", ["wdctl_opt"])
     assert not resolved.study and resolved.flags[:2] == ("--method", "wd_controller")
     assert "--wd-gain" in resolved.flags and "--target" in resolved.flags
