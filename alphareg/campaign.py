@@ -191,14 +191,14 @@ def next_stop(step: int, chunk: int, target: int) -> int:
 
 def run_campaign(runs: list[PlannedRun], target: int, hours: float, workers: int, chunk: int,
                  runs_dir: str = "runs", extra: tuple[str, ...] = (), log=print,
-                 studies_dir: str = "studies") -> dict[str, int]:
+                 studies_dir: str = "studies", threads: int | None = None) -> dict[str, int]:
     """Advance ``runs`` towards ``target`` steps for at most ``hours`` of wall time; returns each
     run's exit code of its last chunk (missing: never started). A run still waiting for its study
     runs the study first (stopped by SIGINT, which Optuna's worker records) and is then planned
-    again with the best trial's flags."""
+    again with the best trial's flags. ``threads`` per run: default cores / workers."""
     runs = list(runs)
     deadline = time.monotonic() + hours * 3600
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     Path(runs_dir).mkdir(parents=True, exist_ok=True)
     running: dict[str, tuple[subprocess.Popen, PlannedRun]] = {}

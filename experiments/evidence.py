@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="target steps (default: the preset's)")
     p.add_argument("--hours", type=float, default=1.0, help="wall-clock budget of this invocation")
     p.add_argument("--workers", type=int, default=2, help="runs trained at the same time")
+    p.add_argument("--threads", type=int, default=None,
+                   help="OMP threads per run (default: cores / workers)")
     p.add_argument("--chunk", type=int, default=100_000, help="runs stop at multiples of this many steps")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--run-args", default="", metavar="FLAGS",
@@ -42,7 +44,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.hours < 0:
         p.error(f"--hours must be >= 0, got {a.hours}")
-    for flag, v in (("--workers", a.workers), ("--chunk", a.chunk), ("--steps", a.steps), ("--horizon", a.horizon)):
+    for flag, v in (("--workers", a.workers), ("--threads", a.threads), ("--chunk", a.chunk), ("--steps", a.steps), ("--horizon", a.horizon)):
         if v is not None and v < 1:
             p.error(f"{flag} must be >= 1, got {v}")
     try:
@@ -57,7 +59,8 @@ def main(argv=None) -> int:
     code = 0
     if not a.list and a.hours > 0:
         codes = run_campaign(runs, target, a.hours, a.workers, a.chunk, a.runs_dir, extra,
-                             log=lambda s: print(f"experiments.evidence: {s}", file=sys.stderr, flush=True))
+                             log=lambda s: print(f"experiments.evidence: {s}", file=sys.stderr, flush=True),
+                             threads=a.threads)
         failed = {n: c for n, c in codes.items() if c not in (0, 130)}
         if failed:
             print(f"experiments.evidence: runs that failed or did not advance (see <runs-dir>/<name>.log): "

@@ -67,7 +67,7 @@ def test_evidence_cli_lists_and_rejects_bad_input(tmp_path):
     assert r.returncode == 0 and "| fast_lr5e-3_wd0_s01 | wd0 | 0,1 | 0 | 0.0% |" in r.stdout
     r = cli("fast", "--hours", "0", "--run-args", "--device \"cuda", "--runs-dir", str(tmp_path))
     assert r.returncode == 2 and "--run-args" in r.stderr, r.stderr
-    for args, flag in ((["fast", "--methods", "magic"], "--methods"), (["fast", "--workers", "0"], "--workers"),
+    for args, flag in ((["fast", "--methods", "magic"], "--methods"), (["fast", "--workers", "0"], "--workers"), (["fast", "--threads", "0"], "--threads"),
                        (["fast", "--hours", "-1"], "--hours"), (["fast", "--chunk", "0"], "--chunk"), (["fast", "--hours", "0", "--verdict", str(tmp_path / "v"),
                                                                  "--runs-dir", str(tmp_path)], "--verdict")):
         r = cli(*args)
