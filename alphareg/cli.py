@@ -91,8 +91,11 @@ def add_method_flags(p: argparse.ArgumentParser, default_method: str) -> None:
     g.add_argument("--grokfast-lamb", type=float, default=D.grokfast_lamb, help="Grokfast-EMA amplification")
     g.add_argument("--specnorm-beta", type=float, default=D.specnorm_beta,
                    help="spectral-norm regularisation strength (beta/2 sum sigma_max^2)")
-    g.add_argument("--patience", type=int, default=D.patience,
-                   help="early stopping: log points without validation improvement")
+    g.add_argument("--patience", type=float, default=D.patience,
+                   help="early stopping: stop a member once the step reaches this factor times the step "
+                        "of its best validation accuracy (log-time patience, the same at any lr)")
+    g.add_argument("--patience-min-steps", type=int, default=D.patience_min_steps,
+                   help="early stopping: never stop before this step")
     g.add_argument("--min-delta", type=float, default=D.min_delta,
                    help="early stopping: smallest validation-accuracy gain that counts")
     g = p.add_argument_group("wandb mirror (the run directory stays the source of truth)")
@@ -108,7 +111,7 @@ METHOD_ARGS = ("optimizer", "momentum", "val_per_class", "method", "target_alpha
                "penalty_sharpness", "penalty_two_sided", "refit_every", "penalty_grad_every",
                "control_every", "alpha_ema", "deadband", "lr_gain", "wd_gain", "lr_rule", "wd_rule",
                "wd_ref", "shuffle_alphas", "grokfast_alpha", "grokfast_lamb", "specnorm_beta",
-               "patience", "min_delta", "wandb", "wandb_project", "wandb_entity", "wandb_group",
+               "patience", "patience_min_steps", "min_delta", "wandb", "wandb_project", "wandb_entity", "wandb_group",
                "wandb_mode")
 
 

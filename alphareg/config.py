@@ -126,7 +126,8 @@ class RunConfig:
     grokfast_alpha: float = 0.98
     grokfast_lamb: float = 2.0
     specnorm_beta: float = 0.01
-    patience: int = 20              # early stopping: log points without validation improvement
+    patience: float = 1.5           # early stopping: stop once step >= patience x the best step
+    patience_min_steps: int = 1000  # early stopping: never stop before this step
     min_delta: float = 0.0
     # per-member values of method fields (one dict per member; a population of Optuna trials)
     member_overrides: tuple[dict, ...] = ()
@@ -331,8 +332,14 @@ class RunConfig:
         if self.wandb_mode not in MODES:
             raise ConfigError(f"--wandb-mode {self.wandb_mode!r} is unknown; allowed: {', '.join(MODES)}")
         for flag, v in (("--refit-every", self.refit_every), ("--penalty-grad-every", self.penalty_grad_every),
-                        ("--control-every", self.control_every), ("--patience", self.patience)):
+                        ("--control-every", self.control_every)):
             _positive_int(flag, v)
+        if not (isinstance(self.patience, (int, float)) and self.patience >= 1):
+            raise ConfigError(f"--patience {self.patience} is not allowed; must be >= 1 (a factor on the "
+                              "step of the best validation accuracy)")
+        if not (isinstance(self.patience_min_steps, int) and self.patience_min_steps >= 0):
+            raise ConfigError(f"--patience-min-steps {self.patience_min_steps} is not allowed; "
+                              "must be an integer >= 0")
         for flag, v in (("--target", self.target_alpha), ("--penalty-sharpness", self.penalty_sharpness)):
             if not v > 0:
                 raise ConfigError(f"{flag} {v:g} is not allowed; must be > 0")

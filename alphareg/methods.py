@@ -39,7 +39,7 @@ FIELDS = {
     "spectral_norm": ("specnorm_beta",),
     "orthograd": (),
     "weight_decay": ("wd_ref",),
-    "early_stop": ("patience", "min_delta", "val_per_class"),
+    "early_stop": ("patience", "patience_min_steps", "min_delta", "val_per_class"),
 }
 
 
@@ -106,5 +106,5 @@ def build_hooks(cfg) -> list:
             hooks.append(WeightDecay(cfg.wd_ref))
         elif comp == "early_stop":
             from baselines.early_stopping import EarlyStopping
-            hooks.append(EarlyStopping(cfg.patience, cfg.min_delta))
+            hooks.append(EarlyStopping(cfg.patience, cfg.min_delta, cfg.patience_min_steps))
     return hooks

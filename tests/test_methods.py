@@ -70,7 +70,8 @@ def test_penalty_is_inactive_until_an_alpha_falls_below_target(paper_split):
 
 
 def test_early_stopping_restores_the_best_weights_and_freezes_the_member(tmp_path, paper_split):
-    cfg = RunConfig(method="early_stop", val_per_class=10, patience=1, min_delta=1.0, seeds=(0, 1),
+    cfg = RunConfig(method="early_stop", val_per_class=10, patience=1, min_delta=1.0,
+                    patience_min_steps=0, seeds=(0, 1),
                     lr=(5e-3,), steps=30, log_per_decade=5, progress=False, htsr=False,
                     snapshots=False, runs_dir=str(tmp_path), name="es", plot_minutes=1e9)
     tr = Trainer(cfg, RunDir(cfg), data=paper_split)
@@ -86,6 +87,38 @@ def test_early_stopping_restores_the_best_weights_and_freezes_the_member(tmp_pat
     assert all(0 <= float(r["val_acc"]) <= 1 for r in rows)
     last = [r for r in rows if int(r["step"]) == 30]
     assert float(last[0]["lr_fc1"]) == 0.0
+
+
+def test_early_stopping_patience_is_in_log_time():
+    """Stop at the first log point with step >= patience x best step and step >= min_steps,
+    restoring the weights of the best step (a fake trainer: one parameter, K = 2)."""
+    from types import SimpleNamespace
+
+    from baselines.early_stopping import EarlyStopping
+    w = torch.zeros(2, 1)
+    tr = SimpleNamespace(step=0, opt=SimpleNamespace(params=[w], lr=[torch.ones(2)], wd=[torch.ones(2)]))
+    es = EarlyStopping(patience=1.5, min_steps=100)
+    # member 0 peaks at step 40 and declines; member 1 keeps improving
+    val = {0: (0.1, 0.2), 10: (0.3, 0.3), 40: (0.5, 0.4), 50: (0.4, 0.5), 59: (0.3, 0.6),
+           60: (0.3, 0.7), 99: (0.3, 0.8), 100: (0.3, 0.9), 200: (0.3, 0.8), 299: (0.3, 0.8), 300: (0.3, 0.8)}
+    stopped_at = {}
+    for step, accs in val.items():
+        tr.step = step
+        for k in (0, 1):                        # training moves the weights of running members only
+            if not (es.stopped and es.stopped[k]):
+                w[k, 0] = float(step)           # the weights remember the step they were left at
+        out = es.at_log_point(tr, [{"val_acc": a} for a in accs])
+        for k in (0, 1):
+            if out["stopped"][k] and k not in stopped_at:
+                stopped_at[k] = step
+    # member 0: best at 40; 60 >= 1.5 * 40 but < min_steps 100 -> stops at 100. Member 1: best at
+    # 100 -> stops at 150 or later: the first log point at or after it is 200
+    assert stopped_at == {0: 100, 1: 200}
+    assert es.best_step == [40, 100] and es.best == [0.5, 0.9]
+    assert w[:, 0].tolist() == [40.0, 100.0]   # restored, then frozen (lr, wd = 0)
+    assert tr.opt.lr[0].tolist() == [0.0, 0.0] and tr.opt.wd[0].tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="patience"):
+        EarlyStopping(patience=0.5)
 
 
 def test_validation_split_is_disjoint_from_training_sample(mnist):
