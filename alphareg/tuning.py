@@ -236,7 +236,11 @@ def run_trial(trial: optuna.Trial, spec: StudySpec) -> Any:
                               name=f"{trial.study.study_name}-trial{trial.number:04d}", progress=False,
                               wandb_group=spec.base.wandb_group or trial.study.study_name)
     trial.set_user_attr("run_dir", str(Path(cfg.runs_dir) / cfg.run_name()))   # also if it fails
-    run_dir, wall = _train(cfg, _TrialReporter([trial], prune=True))
+    try:
+        run_dir, wall = _train(cfg, _TrialReporter([trial], prune=True))
+    except KeyboardInterrupt:
+        trial.set_user_attr("interrupted", True)     # not counted, retried (``retry_interrupted``)
+        raise
     value = _record(trial, run_dir.read_metrics(), 0, spec, wall, run_dir)
     if not math.isfinite(value):
         raise ValueError(f"objective is {value}")
@@ -251,16 +255,39 @@ def create_or_load(study_name: str, storage_url: str, multi_objective: bool, see
                                sampler=optuna.samplers.TPESampler(seed=seed))
 
 
-def optimize(study: optuna.Study, spec: StudySpec, n_trials: int) -> None:
-    """Run trials until the study holds ``n_trials`` finished ones (complete, pruned or failed),
-    counted over every worker; a failing trial is recorded and the loop goes on."""
-    from optuna.study import MaxTrialsCallback
+def finished_trials(study: optuna.Study) -> int:
+    """Trials that count towards ``--n-trials``: complete, pruned or failed, except those stopped
+    by Ctrl-C / SIGTERM (user attribute ``interrupted``), whose parameters are tried again."""
     from optuna.trial import TrialState
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    if len(study.get_trials(deepcopy=False, states=done)) >= n_trials:
+    return sum(not t.user_attrs.get("interrupted") for t in study.get_trials(deepcopy=False, states=done))
+
+
+def retry_interrupted(study: optuna.Study) -> list[int]:
+    """Enqueue the parameters of every interrupted trial that has no retry yet (the retry carries
+    ``retry_of``); returns the numbers of the trials enqueued again."""
+    from optuna.trial import TrialState
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    again = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
+             and t.number not in retried]
+    for t in again:
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+    return [t.number for t in again]
+
+
+def optimize(study: optuna.Study, spec: StudySpec, n_trials: int) -> None:
+    """Run trials until the study holds ``n_trials`` finished ones (``finished_trials``), counted
+    over every worker; a failing trial is recorded and the loop goes on; interrupted trials are
+    retried first with their parameters."""
+    retry_interrupted(study)
+    if finished_trials(study) >= n_trials:
         return
-    study.optimize(lambda t: run_trial(t, spec), catch=(Exception,),
-                   callbacks=[MaxTrialsCallback(n_trials, states=done)])
+
+    def enough(study, trial):
+        if finished_trials(study) >= n_trials:
+            study.stop()
+    study.optimize(lambda t: run_trial(t, spec), catch=(Exception,), callbacks=[enough])
 
 
 def study_summary(study: optuna.Study) -> str:
@@ -356,6 +383,7 @@ def run_population(study: optuna.Study, spec: StudySpec, size: int) -> list[int]
             study.tell(t, (value, wall) if spec.multi_objective else value)
     except KeyboardInterrupt:
         for t in trials:
+            t.set_user_attr("interrupted", True)     # not counted, retried (``retry_interrupted``)
             study.tell(t, state=TrialState.FAIL)
         raise
     except Exception as e:   # a crashed population: every trial in it failed, the study goes on
@@ -368,11 +396,11 @@ def run_population(study: optuna.Study, spec: StudySpec, size: int) -> list[int]
 
 
 def optimize_population(study: optuna.Study, spec: StudySpec, n_trials: int, size: int) -> None:
-    """Populations of ``size`` trials until the study holds ``n_trials`` finished trials."""
-    from optuna.trial import TrialState
-    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    """Populations of ``size`` trials until the study holds ``n_trials`` finished trials
+    (``finished_trials``); the parameters of interrupted trials are tried again first."""
+    retry_interrupted(study)
     while True:
-        left = n_trials - len(study.get_trials(deepcopy=False, states=done))
+        left = n_trials - finished_trials(study)
         if left <= 0:
             return
         run_population(study, spec, min(size, left))

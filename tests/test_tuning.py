@@ -141,11 +141,13 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
     assert [t.state.name for t in study.trials] == ["FAIL"] * 3
 
 
-def test_ctrl_c_leaves_the_storage_consistent_and_the_study_resumes(tmp_path):
+@pytest.mark.parametrize("population", [1, 2])
+def test_ctrl_c_leaves_the_storage_consistent_and_the_study_retries_the_interrupted(tmp_path, population):
     args = [*TINY[:1], "3000", *TINY[2:], "--n-trials", "2", "--storage", f"sqlite:///{tmp_path}/c.db",
-            "--study", "ctrlc"]
+            "--study", "ctrlc", "--population", str(population)]
     p = tune(tmp_path, *args, popen=True)
-    metrics = tmp_path / "studies" / "ctrlc" / "ctrlc-trial0000" / "metrics.csv"
+    run = "ctrlc-trial0000" if population == 1 else "ctrlc-pop0000-0001"
+    metrics = tmp_path / "studies" / "ctrlc" / run / "metrics.csv"
     deadline = time.time() + 300
     while not (metrics.is_file() and metrics.stat().st_size > 0) and time.time() < deadline:
         time.sleep(0.5)
@@ -153,11 +155,18 @@ def test_ctrl_c_leaves_the_storage_consistent_and_the_study_resumes(tmp_path):
     out, err = p.communicate(timeout=300)
     assert p.returncode == 130, err[-2000:]
     study = optuna.load_study(study_name="ctrlc", storage=f"sqlite:///{tmp_path}/c.db")
-    assert [t.state.name for t in study.trials] == ["FAIL"]     # not left RUNNING
+    cut = study.trials
+    assert [t.state.name for t in cut] == ["FAIL"] * population     # not left RUNNING
+    assert all(t.user_attrs["interrupted"] for t in cut)
     r = tune(tmp_path, *[a if a != "3000" else "20" for a in args])
     assert r.returncode == 0, r.stderr[-2000:]
     study = optuna.load_study(study_name="ctrlc", storage=f"sqlite:///{tmp_path}/c.db")
-    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    # the interrupted trials do not count towards --n-trials: two complete ones, the first
+    # `population` of them retrying the interrupted parameters
+    assert [t.state.name for t in study.trials] == ["FAIL"] * population + ["COMPLETE"] * 2
+    for t in cut:
+        retry = study.trials[population + t.number]
+        assert retry.user_attrs["retry_of"] == t.number and retry.params == t.params
 
 
 def test_study_report_has_importances_history_and_every_trial(tmp_path):
