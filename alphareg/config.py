@@ -213,8 +213,13 @@ class RunConfig:
         return cls(**kw)
 
     def trajectory_dict(self) -> dict[str, Any]:
-        """The values that determine the training trajectory (compared on resume)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NON_TRAJECTORY_FIELDS}
+        """The values that determine the training trajectory (compared on resume): every field
+        except ``NON_TRAJECTORY_FIELDS`` and the settings of method components the run does not
+        use (``methods.FIELDS``; e.g. early stopping's patience in a plain run)."""
+        from .methods import FIELDS, parse_method
+        used = {f for c in parse_method(self.method) for f in FIELDS[c]}
+        unused = {f for fields in FIELDS.values() for f in fields} - used
+        return {k: v for k, v in self.to_dict().items() if k not in NON_TRAJECTORY_FIELDS | unused}
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> "RunConfig":

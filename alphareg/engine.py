@@ -17,6 +17,8 @@ restored.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import signal
 import sys
@@ -233,9 +235,11 @@ class Trainer:
                 "torch": torch.__version__}
 
     def load_state_dict(self, sd: dict, source: str = "checkpoint") -> None:
-        # fields added after the checkpoint was written take their defaults (= old behaviour)
-        saved_cfg = {**RunConfig().trajectory_dict(), **sd["config"]}
-        diff = ckpt.config_mismatch(saved_cfg, self.cfg.trajectory_dict())
+        # fields added after the checkpoint was written take their defaults (= old behaviour);
+        # the saved values go through RunConfig so the same fields are compared on both sides
+        known = {f.name for f in dataclasses.fields(RunConfig)}
+        saved_cfg = RunConfig.from_dict({k: v for k, v in sd["config"].items() if k in known})
+        diff = ckpt.config_mismatch(saved_cfg.trajectory_dict(), self.cfg.trajectory_dict())
         if diff:
             raise ckpt.CheckpointError(f"{source} belongs to another configuration ({'; '.join(diff)}); "
                                        "use --name NEW or --restart")

@@ -191,13 +191,30 @@ def test_checkpoint_from_before_a_config_field_existed_still_resumes(paper_split
     tr = Trainer(cfg, data=paper_split)
     tr.train_steps(3)
     sd = tr.state_dict()
-    for key in ("method", "penalty_beta", "optimizer", "val_per_class"):
+    for key in ("method", "optimizer"):
         del sd["config"][key]          # as written by an older alphareg
     again = Trainer(cfg, data=paper_split)
     again.load_state_dict(sd)
     assert again.step == 3
     with pytest.raises(Exception, match="another configuration"):
         Trainer(RunConfig(method="grokfast", **FAST), data=paper_split).load_state_dict(sd)
+
+
+def test_settings_of_methods_a_run_does_not_use_do_not_block_its_resume(paper_split, tmp_path):
+    """A grokfast checkpoint that recorded an older early-stopping default resumes; a change of
+    grokfast's own setting is refused. The same for the run directory's config.json."""
+    cfg = RunConfig(method="grokfast", **FAST)
+    tr = Trainer(cfg, data=paper_split)
+    tr.train_steps(2)
+    sd = tr.state_dict()
+    sd["config"]["patience"] = 20                      # early stopping's old default
+    again = Trainer(RunConfig(method="grokfast", specnorm_beta=3.0, **FAST), data=paper_split)
+    again.load_state_dict(sd)
+    assert again.step == 2
+    with pytest.raises(Exception, match="grokfast_lamb"):
+        Trainer(RunConfig(method="grokfast", grokfast_lamb=0.5, **FAST), data=paper_split).load_state_dict(sd)
+    es = {k: v for k, v in RunConfig(method="early_stop", val_per_class=10, **FAST).trajectory_dict().items()}
+    assert "patience" in es and "patience" not in cfg.trajectory_dict()
 
 
 @pytest.mark.parametrize("method, field, values", [("penalty", "target_alpha", (10.0, 6.0)),
