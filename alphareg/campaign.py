@@ -106,8 +106,8 @@ def best_flags(preset: str, key: str, studies_dir: str = "studies") -> tuple[str
     from optuna.trial import TrialState
 
     from .cli import build_parser
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     from .tuning import make_storage
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.load_study(study_name=study_name(preset, key), storage=make_storage(f"sqlite:///{db}"))
     except KeyError:
