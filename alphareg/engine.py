@@ -18,7 +18,6 @@ restored.
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import signal
 import sys
