@@ -84,35 +84,46 @@ def study_name(preset: str, key: str) -> str:
     return f"{PRESETS[preset][2]}_{key}"
 
 
+def study_db(preset: str, key: str, studies_dir: str = "studies") -> Path:
+    """The SQLite file of a tuned method's study."""
+    return Path(studies_dir) / f"{study_name(preset, key)}.db"
+
+
 def study_command(preset: str, key: str, studies_dir: str = "studies") -> tuple[str, ...]:
-    """The ``experiments.tune`` command of a tuned method's study (storage
-    ``<studies_dir>/<study>.db``; trial run directories in ``studies/<study>/``)."""
+    """The ``experiments.tune`` command of a tuned method's study (storage ``study_db``; trial
+    run directories in ``studies/<study>/``)."""
     lr, target, _ = PRESETS[preset]
-    name = study_name(preset, key)
     return ("-m", "experiments.tune", "--method", TUNED[key], "--lr", lr, "--seeds", "0",
             "--steps", str(target // 10), "--late-from", str(target // 20),
-            "--population", str(STUDY_TRIALS), "--n-trials", str(STUDY_TRIALS), "--study", name,
-            "--storage", f"sqlite:///{studies_dir}/{name}.db", "--no-htsr", "--no-snapshots",
+            "--population", str(STUDY_TRIALS), "--n-trials", str(STUDY_TRIALS),
+            "--study", study_name(preset, key),
+            "--storage", f"sqlite:///{study_db(preset, key, studies_dir)}", "--no-htsr", "--no-snapshots",
             "--no-progress")
+
+
+def load_study(preset: str, key: str, studies_dir: str = "studies"):
+    """The method's Optuna study, or None while its database or the study in it does not exist."""
+    db = study_db(preset, key, studies_dir)
+    if not db.is_file():
+        return None
+    import optuna
+
+    from .tuning import make_storage
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=study_name(preset, key), storage=make_storage(f"sqlite:///{db}"))
+    except KeyError:
+        return None
 
 
 def best_flags(preset: str, key: str, studies_dir: str = "studies") -> tuple[str, ...] | None:
     """The best complete trial of the method's study as command-line flags (the parser's own
     option name of each parameter), or None while the study has no complete trial."""
-    db = Path(studies_dir) / f"{study_name(preset, key)}.db"
-    if not db.is_file():
-        return None
-    import optuna
     from optuna.trial import TrialState
 
     from .cli import build_parser
-    from .tuning import make_storage
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=study_name(preset, key), storage=make_storage(f"sqlite:///{db}"))
-    except KeyError:
-        return None
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    study = load_study(preset, key, studies_dir)
+    if study is None or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return None
     options = {a.dest: a.option_strings[0] for a in build_parser("x", "", default_method=TUNED[key])._actions
                if a.option_strings}
@@ -129,18 +140,15 @@ def write_study_reports(preset: str, methods: list[str], out_dir: str | Path,
     ``out_dir/studies/<study>/``. Returns the report paths."""
     import shutil
 
-    import optuna
-
-    from .tuning import make_storage, write_study_report
+    from .tuning import write_study_report
     out = []
     for key in [m for m in methods if m in TUNED]:
-        name = study_name(preset, key)
-        db = Path(studies_dir) / f"{name}.db"
-        if not db.is_file():
+        study = load_study(preset, key, studies_dir)
+        if study is None:
             continue
-        study = optuna.load_study(study_name=name, storage=make_storage(f"sqlite:///{db}"))
-        dest = Path(out_dir) / "studies" / name
+        dest = Path(out_dir) / "studies" / study.study_name
         out.append(write_study_report(study, dest))
+        db = study_db(preset, key, studies_dir)
         shutil.copy2(db, dest / db.name)
     return out
 
@@ -215,7 +223,6 @@ def run_campaign(runs: list[PlannedRun], target: int, hours: float, workers: int
                 if proc.poll() is not None:
                     codes[name] = proc.returncode
                     del running[name]
-                    now = progress(runs_dir, run)
                     if run.study:
                         again = plan(run.preset, [run.method], studies_dir)
                         again = next(r for r in again if r.name == name)
@@ -225,6 +232,7 @@ def run_campaign(runs: list[PlannedRun], target: int, hours: float, workers: int
                         if proc.returncode == 0 and again.study:
                             codes[name] = -1
                         continue
+                    now = progress(runs_dir, run)
                     log(f"{name}: exit {proc.returncode} at step {now}")
                     if proc.returncode == 0 and now <= started_at[name]:
                         codes[name] = -1      # ended without advancing: do not loop on it
