@@ -47,8 +47,9 @@ def main(argv=None) -> int:
     for flag, v in (("--workers", a.workers), ("--threads", a.threads), ("--chunk", a.chunk), ("--steps", a.steps), ("--horizon", a.horizon)):
         if v is not None and v < 1:
             p.error(f"{flag} must be >= 1, got {v}")
+    methods = a.methods.split(",") if a.methods else None
     try:
-        runs = plan(a.preset, a.methods.split(",") if a.methods else None)
+        runs = plan(a.preset, methods)
     except ValueError as e:
         p.error(str(e))
     try:
@@ -66,6 +67,7 @@ def main(argv=None) -> int:
             print(f"experiments.evidence: runs that failed or did not advance (see <runs-dir>/<name>.log): "
                   f"{failed}", file=sys.stderr)
             code = 1
+        runs = plan(a.preset, methods)  # again: a study that ended meanwhile now gives its run the best trial's flags
     print(progress_table(runs, a.runs_dir, target))
     if a.verdict:
         from pathlib import Path

@@ -109,3 +109,29 @@ def test_tuned_method_runs_its_study_then_trains_with_the_best_trial(tmp_path, m
     (resolved,) = plan("fast", ["wdctl_opt"])
     assert not resolved.study and resolved.flags[:2] == ("--method", "wd_controller")
     assert "--wd-gain" in resolved.flags and "--target" in resolved.flags
+
+
+def test_evidence_reports_the_best_trial_run_once_its_study_ended_in_the_same_call(tmp_path, monkeypatch, capsys):
+    """The table and runs.md printed after a campaign show a study that finished during it as
+    resolved (the run's best-trial command), not as "study pending" (the plan from before)."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    import experiments.evidence as evidence
+    from alphareg.campaign import study_db, study_name
+    monkeypatch.chdir(tmp_path)
+    params = {"wd_gain": 0.7, "wd_ref": 0.02, "target_alpha": 2.2, "deadband": 0.4}
+
+    def fake_campaign(runs, *a, **k):         # the study ends during the campaign
+        assert runs[0].study                  # planned before: study pending
+        study_db("fast", "wdctl_opt").parent.mkdir(exist_ok=True)
+        study = optuna.create_study(study_name=study_name("fast", "wdctl_opt"), direction="maximize",
+                                    storage=f"sqlite:///{study_db('fast', 'wdctl_opt')}")
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={n: FloatDistribution(0.0, 10.0) for n in params}, value=0.8))
+        return {runs[0].name: 0}
+    monkeypatch.setattr(evidence, "run_campaign", fake_campaign)
+    assert evidence.main(["fast", "--methods", "wdctl_opt", "--hours", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "| fast_lr5e-3_wdctl_opt_s012 | wdctl_opt | 0,1,2 | 0 | 0.0% |" in out, out
+    assert "study pending" not in out
