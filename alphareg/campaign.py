@@ -37,11 +37,14 @@ from pathlib import Path
 #: preset -> (learning rate flag, default target steps, run-name prefix)
 PRESETS = {"fast": ("5e-3", 10**6, "fast_lr5e-3"), "paper": ("5e-4", 10**7, "paper_lr5e-4")}
 
-#: method key -> (module, flags). The WD = 0.01 control is the paper's; the α-guided methods use
-#: their defaults at target 2 (the Optuna study's best settings replace them once one exists).
+#: method key -> (module, flags). The WD = 0.01 control is the paper's; WD = 0.02 is the fixed-WD
+#: control of the tuned WD controller (its study's best reference WD is about that); the α-guided
+#: methods use their defaults at target 2 (the Optuna study's best settings replace them once one
+#: exists).
 METHODS = {
     "wd0": ("experiments.baseline", ("--wd", "0")),
     "wd0.01": ("experiments.baseline", ("--wd", "0.01")),
+    "wd0.02": ("experiments.baseline", ("--wd", "0.02")),
     "penalty_t2": ("experiments.alpha_reg", ("--target", "2.0")),
     "wdctl_t2": ("experiments.alpha_reg", ("--method", "wd_controller", "--target", "2.0")),
     "lrctl_t2": ("experiments.alpha_reg", ("--method", "lr_controller", "--target", "2.0")),
