@@ -21,7 +21,11 @@ Per member (one row per run × member, ``run_rows``):
 
 Per method (``method_rows``; a method = ``member_label``: method, its non-default settings, lr and
 wd): seeds, collapsed / prevented counts, and mean ± sd of the numbers above over the members
-that reached the horizon.
+that reached the horizon. The findings compare each method with the plain run at wd 0 and the
+same lr and, for a method with a reference WD (``wd_ref``: the WD controller's base, the
+``weight_decay`` method's constant), with its fixed-WD control: the plain run at the same lr whose
+wd is nearest ``wd_ref``, within a factor ``CONTROL_WD_FACTOR`` — whether the α feedback or the
+amount of WD does the work.
 ``paper_tables`` puts our Tables 1 and 2 (alpha and traps of every layer, mean ± sd over the
 method's members, at paper A's steps moved to the method's lr and at the end) beside paper A's
 values (``alphareg.paper_values``). ``write_verdict`` writes all of it plus Figure 1 (accuracy) and
@@ -51,6 +55,7 @@ COLUMNS = ("method", "lr", "wd", "run", "member", "seed", "steps", "peak_test_ac
            "min_alpha_after_peak", "min_alpha_layer", "max_traps_after_peak", "end_alpha",
            "end_traps", "collapsed", "collapse_step", "collapse_prevented", "warning_step",
            "warning_reason", "lead_time", "wall_time_s", "K", "device", "commit")
+CONTROL_WD_FACTOR = 1.25   # a plain run is a method's fixed-WD control if wd_ref / wd is within this factor
 
 
 @dataclass
@@ -123,7 +128,12 @@ def run_rows(path_or_run, rules: PhaseRules | None = None, horizon: int | None =
         last = d[-1]
         steps = int(last["step"])
         reached = run.horizon is None or steps >= run.horizon
-        row = {"method": member_label(run.cfg, k), "method_name": run.cfg.method,
+        from .methods import method_fields
+        wd_ref = None
+        if "wd_ref" in method_fields(run.cfg.method):
+            v = run.cfg.method_value("wd_ref")
+            wd_ref = float(v[k] if isinstance(v, (list, tuple)) else v)
+        row = {"method": member_label(run.cfg, k), "method_name": run.cfg.method, "wd_ref": wd_ref,
                "lr": run.cfg.member_lrs()[k],
                "wd": run.cfg.member_wds()[k], "run": run.path.name, "member": k,
                "seed": int(last["seed"]), "steps": steps,
@@ -174,7 +184,8 @@ def method_rows(rows: list[dict]) -> list[dict]:
     for label, rs in groups.items():
         n = len(rs)
         done = [r for r in rs if r["reached_horizon"]]   # the numbers below describe these
-        agg = {"method": label, "method_name": rs[0]["method_name"], "lr": rs[0]["lr"], "wd": rs[0]["wd"], "n": n,
+        agg = {"method": label, "method_name": rs[0]["method_name"], "lr": rs[0]["lr"], "wd": rs[0]["wd"],
+               "wd_ref": rs[0].get("wd_ref"), "n": n,
                "seeds": ",".join(str(r["seed"]) for r in rs),
                "steps_min": min(r["steps"] for r in rs), "steps_max": max(r["steps"] for r in rs),
                "horizon": rs[0]["horizon"], "n_reached": len(done),
@@ -250,10 +261,33 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fixed_wd_control(a: dict, agg: list[dict]) -> dict | None:
+    """The fixed-WD control of method ``a`` (a ``method_rows`` row) among ``agg``: the plain run at
+    the same lr whose wd is nearest ``a``'s ``wd_ref`` (log scale), if within ``CONTROL_WD_FACTOR``
+    of it; None for a method without ``wd_ref`` or without such a run."""
+    ref = a.get("wd_ref")
+    if not ref:
+        return None
+    plain = [b for b in agg if b["method_name"] == "none" and b["lr"] == a["lr"] and b["wd"] > 0]
+    near = [b for b in plain if max(b["wd"] / ref, ref / b["wd"]) <= CONTROL_WD_FACTOR]
+    return min(near, key=lambda b: abs(math.log(b["wd"] / ref)), default=None)
+
+
+def _against(a: dict, ref: dict, with_cost: bool) -> str:
+    d_final = a["final_test_acc"][0] - ref["final_test_acc"][0]
+    d_drop = a["drop_from_peak"][0] - ref["drop_from_peak"][0]
+    s = f"final {d_final:+.3f}, drop {d_drop:+.3f}"
+    if with_cost and a["seconds_per_1e5_member_steps"] and ref["seconds_per_1e5_member_steps"]:
+        ratio = a["seconds_per_1e5_member_steps"][0] / ref["seconds_per_1e5_member_steps"][0]
+        s += f", wall time per member-step ×{ratio:.2f}"
+    return s
+
+
 def findings_markdown(agg: list[dict]) -> str:
     """The answer in sentences, generated from ``method_rows``: for each method, how many members
     collapsed, final test accuracy and drop against the reference (the plain run with wd 0 at the
-    same lr, when present), and the cost ratio of training seconds per member-step."""
+    same lr, when present) with the cost ratio of training seconds per member-step, and against
+    its fixed-WD control (``fixed_wd_control``) with that control's collapsed count."""
     lines = []
     for a in agg:
         ref = next((b for b in agg if b["method_name"] == "none" and b["wd"] == 0
@@ -274,12 +308,11 @@ def findings_markdown(agg: list[dict]) -> str:
         s += (f"; over the {a['n_reached']} at the end: peak test accuracy {_ms(a['peak_test_acc'])}, "
               f"final {_ms(a['final_test_acc'])}, drop {_ms(a['drop_from_peak'])}")
         if ref is not None and a is not ref and ref["n_reached"]:
-            d_final = a["final_test_acc"][0] - ref["final_test_acc"][0]
-            d_drop = a["drop_from_peak"][0] - ref["drop_from_peak"][0]
-            s += f"; against {ref['method']}: final {d_final:+.3f}, drop {d_drop:+.3f}"
-            if a["seconds_per_1e5_member_steps"] and ref["seconds_per_1e5_member_steps"]:
-                ratio = a["seconds_per_1e5_member_steps"][0] / ref["seconds_per_1e5_member_steps"][0]
-                s += f", wall time per member-step ×{ratio:.2f}"
+            s += f"; against {ref['method']}: " + _against(a, ref, with_cost=True)
+        ctl = fixed_wd_control(a, agg)
+        if ctl is not None and ctl["n_reached"]:
+            s += (f"; against its fixed-WD control {ctl['method']} (wd_ref {a['wd_ref']:g}; collapsed in "
+                  f"{ctl['collapsed']} of {ctl['n']}): " + _against(a, ctl, with_cost=False))
         if a["lead_time"] is not None:
             s += f"; the early warning came {_ms(a['lead_time'], 0)} steps before the collapse"
         lines.append(s + ".")

@@ -18,9 +18,9 @@ STEPS = [0, 10, 100, 1000, 10000]
 
 
 def make_run(root: Path, name: str, seeds, test_accs, fc1_alphas, *, wd=0.0, method="none",
-             traps=None, wall=(0, 1, 2, 3, 4), steps=STEPS) -> Path:
+             traps=None, wall=(0, 1, 2, 3, 4), steps=STEPS, **method_args) -> Path:
     """A run directory as the engine writes it: config.json, metrics.csv, htsr.csv."""
-    cfg = RunConfig(lr=[5e-3], wd=[wd], seeds=list(seeds), method=method, name=name)
+    cfg = RunConfig(lr=[5e-3], wd=[wd], seeds=list(seeds), method=method, name=name, **method_args)
     path = root / name
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"config": cfg.to_dict(),
@@ -102,6 +102,26 @@ def test_methods_group_members_of_several_runs(runs):
     d_drop = 0.02 - statistics.fmean([0.2, 0.01, 0.4])
     ratio = 40 / statistics.fmean([20, 20, 40])
     assert f"against plain, lr 0.005, wd 0: final {d_final:+.3f}, drop {d_drop:+.3f}, wall time per member-step ×{ratio:.2f}" in text
+
+
+def test_a_wd_method_is_compared_with_its_fixed_wd_control(tmp_path):
+    """The plain run whose wd is nearest (log scale) the method's wd_ref, within a factor 1.25."""
+    acc = [[0.1, 0.5, 0.9, 0.9, 0.8]]                      # final 0.8, drop 0.1, collapsed
+    runs = [make_run(tmp_path, "wd0.02", [0], acc, [[6, 5, 4, 3, 2]], wd=0.02),
+            make_run(tmp_path, "wd0.0175", [0], [[0.1, 0.5, 0.9, 0.9, 0.9]], [[6, 5, 4, 3, 2]], wd=0.0175),
+            make_run(tmp_path, "ctl", [0], [[0.1, 0.5, 0.9, 0.9, 0.85]], [[6, 5, 4, 3, 2]],
+                     method="wd_controller", wd_ref=0.019),
+            make_run(tmp_path, "ctl_far", [0], acc, [[6, 5, 4, 3, 2]], method="wd_controller", wd_ref=0.05),
+            make_run(tmp_path, "pen", [0], acc, [[6, 5, 4, 3, 2]], method="penalty")]
+    rows = [r for p in runs for r in run_rows(p)]
+    assert [r["wd_ref"] for r in rows] == [None, None, 0.019, 0.05, None]
+    lines = findings_markdown(method_rows(rows)).splitlines()
+    ctl = next(ln for ln in lines if "wd_ref 0.019," in ln)
+    # 0.02 is nearer 0.019 than 0.0175 is; final 0.85 - 0.8, drop 0.05 - 0.1
+    assert ("; against its fixed-WD control plain, lr 0.005, wd 0.02 (wd_ref 0.019; collapsed in 1 of 1): "
+            "final +0.050, drop -0.050.") in ctl
+    # 0.05 is 2.5x the nearest plain wd: no control; neither for a method without wd_ref
+    assert sum("fixed-WD control" in ln for ln in lines) == 1
 
 
 def test_member_labels_name_what_differs():
