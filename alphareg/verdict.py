@@ -45,6 +45,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import RunConfig
+from .methods import method_fields
 from .monitor import HTSR, HTSRTable
 from .phases import PhaseRules, analyse_run
 from .report import _mean_sd, _nearest_row, _value
@@ -89,7 +90,6 @@ def load_run(path: str | Path, rules: PhaseRules | None = None, horizon: int | N
 def member_label(cfg: RunConfig, k: int) -> str:
     """What member ``k`` of a run trained with: method, its settings that differ from the
     defaults (target always), lr, wd — and the task/dtype when not the MNIST paper defaults."""
-    from .methods import method_fields
     default = RunConfig.for_task(cfg.task)
     parts = [cfg.method if cfg.method != "none" else "plain"]
     if cfg.method != "none":
@@ -128,7 +128,6 @@ def run_rows(path_or_run, rules: PhaseRules | None = None, horizon: int | None =
         last = d[-1]
         steps = int(last["step"])
         reached = run.horizon is None or steps >= run.horizon
-        from .methods import method_fields
         wd_ref = None
         if "wd_ref" in method_fields(run.cfg.method):
             v = run.cfg.method_value("wd_ref")
