@@ -172,6 +172,11 @@ class RunConfig:
             return base
         return [o.get(name, base) for o in self.member_overrides]
 
+    def member_method_value(self, name: str, k: int):
+        """Member ``k``'s value of a method field: its override, else the run's value."""
+        base = getattr(self, name)
+        return self.member_overrides[k].get(name, base) if self.member_overrides else base
+
     def layer_sizes(self) -> list[int]:
         return [784, *self.hidden, 10]
 

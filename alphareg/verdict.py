@@ -94,9 +94,7 @@ def member_label(cfg: RunConfig, k: int) -> str:
     parts = [cfg.method if cfg.method != "none" else "plain"]
     if cfg.method != "none":
         for name in sorted(method_fields(cfg.method) - {"method"}):
-            v = cfg.method_value(name)
-            if any(name in o for o in cfg.member_overrides):
-                v = v[k]
+            v = cfg.member_method_value(name, k)
             if name == "target_alpha" or v != getattr(default, name):
                 v = list(v) if isinstance(v, (list, tuple)) else v
                 parts.append(f"{name} {v:g}" if isinstance(v, float) else f"{name} {v}")
@@ -128,10 +126,8 @@ def run_rows(path_or_run, rules: PhaseRules | None = None, horizon: int | None =
         last = d[-1]
         steps = int(last["step"])
         reached = run.horizon is None or steps >= run.horizon
-        wd_ref = None
-        if "wd_ref" in method_fields(run.cfg.method):
-            v = run.cfg.method_value("wd_ref")
-            wd_ref = float(v[k] if isinstance(v, (list, tuple)) else v)
+        wd_ref = (float(run.cfg.member_method_value("wd_ref", k))
+                  if "wd_ref" in method_fields(run.cfg.method) else None)
         row = {"method": member_label(run.cfg, k), "method_name": run.cfg.method, "wd_ref": wd_ref,
                "lr": run.cfg.member_lrs()[k],
                "wd": run.cfg.member_wds()[k], "run": run.path.name, "member": k,
