@@ -9,6 +9,10 @@ Per member (one row per run × member, ``run_rows``):
 * peak test accuracy a* and its step; test accuracy at 10^6 and 10^7 steps (the last log point at
   or before them; empty unless the run got there); final (= at the horizon) test / train accuracy
   and drop = a* − final;
+* late trend: the least-squares slope b of test accuracy against log10(step) over the log points
+  of the last ``LATE_WINDOW_DECADES`` decade before the member's last step (a ≈ c + b·log10 t):
+  test accuracy gained (> 0) or lost (< 0) per decade of steps at the end — a run that still
+  declines and one that dipped 5 points once and is flat since have the same "collapsed" flag;
 * min alpha after the peak: the smallest fitted weightwatcher alpha of any layer at the analysed
   steps ≥ the peak step, with its layer; alpha and mean trap count of every layer at the last
   analysed step; the largest trap count of any layer after the peak;
@@ -53,10 +57,30 @@ from .rundir import CONFIG, METRICS, SUMMARY, read_metrics
 
 COLUMNS = ("method", "lr", "wd", "run", "member", "seed", "steps", "peak_test_acc", "peak_step", "test_acc_1e6",
            "test_acc_1e7", "final_test_acc", "final_train_acc", "drop_from_peak",
-           "min_alpha_after_peak", "min_alpha_layer", "max_traps_after_peak", "end_alpha",
+           "late_trend", "min_alpha_after_peak", "min_alpha_layer", "max_traps_after_peak", "end_alpha",
            "end_traps", "collapsed", "collapse_step", "collapse_prevented", "warning_step",
            "warning_reason", "lead_time", "wall_time_s", "K", "device", "commit")
 CONTROL_WD_FACTOR = 1.25   # a plain run is a method's fixed-WD control if wd_ref / wd is within this factor
+LATE_WINDOW_DECADES = 0.5  # the late trend is fitted over this last part (decades of steps) of a run
+
+
+def late_trend(steps, accs, decades: float = LATE_WINDOW_DECADES) -> float | None:
+    """Slope b of the least-squares line a ≈ c + b·log10(t) through the points (t, a) with
+    t ≥ t_last · 10^-decades, t > 0: b = Σ(x − x̄)(a − ā) / Σ(x − x̄)², x = log10 t — accuracy
+    change per decade of steps at the end of a run. None with fewer than 3 points in the window."""
+    pts = [(int(t), float(a)) for t, a in zip(steps, accs) if int(t) > 0]
+    if not pts:
+        return None
+    start = max(t for t, _ in pts) * 10 ** -decades
+    window = [(math.log10(t), a) for t, a in pts if t >= start]
+    if len(window) < 3:
+        return None
+    xs, ys = zip(*window)
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:                       # one step logged three times: no slope
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
 
 
 @dataclass
@@ -135,6 +159,7 @@ def run_rows(path_or_run, rules: PhaseRules | None = None, horizon: int | None =
                "peak_test_acc": mp.peak_test_acc, "peak_step": mp.peak_step,
                "final_test_acc": float(last["test_acc"]), "final_train_acc": float(last["train_acc"]),
                "drop_from_peak": mp.peak_test_acc - float(last["test_acc"]),
+               "late_trend": late_trend([r["step"] for r in d], [r["test_acc"] for r in d], LATE_WINDOW_DECADES),
                "collapsed": mp.collapsed, "collapse_step": mp.collapse_step,
                "reached_horizon": reached, "horizon": run.horizon,
                # prevented: not collapsed by the horizon; undecided (None) while short of it
@@ -190,7 +215,7 @@ def method_rows(rows: list[dict]) -> list[dict]:
                "devices": ", ".join(sorted({r["device"] for r in rs})),
                "runs": ", ".join(dict.fromkeys(r["run"] for r in rs))}
         for key in ("peak_test_acc", "peak_step", "final_test_acc", "final_train_acc", "drop_from_peak",
-                    "min_alpha_after_peak", "max_traps_after_peak", "lead_time"):
+                    "late_trend", "min_alpha_after_peak", "max_traps_after_peak", "lead_time"):
             agg[key] = _stats(r.get(key) for r in done)
         for key in ("test_acc_1e6", "test_acc_1e7"):   # only when every member got there
             vals = [r.get(key) for r in rs]
@@ -221,8 +246,8 @@ def _cell(v) -> str:
 
 def method_markdown(agg: list[dict]) -> str:
     head = ["method", "seeds", "steps reached", "at the horizon", "peak test acc", "test acc at 1e6", "test acc at 1e7",
-            "final test acc", "drop from peak", "min alpha after peak", "max traps after peak",
-            "collapsed", "collapse prevented", "warned", "warning lead time (steps)",
+            "final test acc", "drop from peak", "late trend (test acc per decade)", "min alpha after peak",
+            "max traps after peak", "collapsed", "collapse prevented", "warned", "warning lead time (steps)",
             "s per 1e5 member-steps", "device"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in agg:
@@ -230,7 +255,7 @@ def method_markdown(agg: list[dict]) -> str:
         lines.append("| " + " | ".join([
             a["method"], f"{a['n']} ({a['seeds']})", steps, f"{a['n_reached']}/{a['n']}", _ms(a["peak_test_acc"]),
             _ms(a["test_acc_1e6"]), _ms(a["test_acc_1e7"]), _ms(a["final_test_acc"]),
-            _ms(a["drop_from_peak"]), _ms(a["min_alpha_after_peak"], 2), _ms(a["max_traps_after_peak"], 1),
+            _ms(a["drop_from_peak"]), _ms(a["late_trend"]), _ms(a["min_alpha_after_peak"], 2), _ms(a["max_traps_after_peak"], 1),
             f"{a['collapsed']}/{a['n']}", f"{a['prevented']}/{a['n']}", f"{a['warned']}/{a['n']}",
             _ms(a["lead_time"], 0), _ms(a["seconds_per_1e5_member_steps"], 0), a["devices"]]) + " |")
     return "\n".join(lines) + "\n"
@@ -238,7 +263,7 @@ def method_markdown(agg: list[dict]) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     head = ["method", "seed", "steps", "peak test acc (step)", "test acc at 1e6", "test acc at 1e7",
-            "final test acc", "final train acc", "min alpha after peak (layer)", "max traps after peak",
+            "final test acc", "final train acc", "late trend (per decade)", "min alpha after peak (layer)", "max traps after peak",
             "alpha at end", "traps at end (mean)", "collapsed (step)", "collapse prevented",
             "warning (step, reason)", "lead time", "wall time s (K)", "device", "run (created at commit)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -249,6 +274,7 @@ def markdown_table(rows: list[dict]) -> str:
             r["method"], str(r["seed"]), str(r["steps"]),
             f"{r['peak_test_acc']:.4f} ({r['peak_step']})", _cell(r.get("test_acc_1e6")),
             _cell(r.get("test_acc_1e7")), _cell(r["final_test_acc"]), _cell(r["final_train_acc"]),
+            _cell(r.get("late_trend")),
             f"{_cell(r.get('min_alpha_after_peak'))} ({r.get('min_alpha_layer', '–')})",
             _cell(r.get("max_traps_after_peak")), r.get("end_alpha", "–"), r.get("end_traps", "–"),
             coll, _cell(r["collapse_prevented"]), warn, _cell(r["lead_time"]),
@@ -302,6 +328,9 @@ def findings_markdown(agg: list[dict]) -> str:
             continue
         s += (f"; over the {a['n_reached']} at the end: peak test accuracy {_ms(a['peak_test_acc'])}, "
               f"final {_ms(a['final_test_acc'])}, drop {_ms(a['drop_from_peak'])}")
+        if a["late_trend"] is not None:
+            s += (f", test accuracy over the last {LATE_WINDOW_DECADES:g} decade of steps "
+                  f"{_ms(a['late_trend'])} per decade")
         if ref is not None and a is not ref and ref["n_reached"]:
             s += f"; against {ref['method']}: " + _against(a, ref, with_cost=True)
         ctl = fixed_wd_control(a, agg)

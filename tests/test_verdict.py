@@ -2,6 +2,7 @@
 values computed by hand from the tables written here; paper A's constants against DESIGN.md."""
 import csv
 import json
+import math
 import re
 import statistics
 from pathlib import Path
@@ -11,8 +12,8 @@ import pytest
 from alphareg.config import RunConfig
 from alphareg.paper_values import PAPER_A_TABLE1_ALPHA, PAPER_A_TABLE2_TRAPS
 from alphareg.phases import PhaseRules
-from alphareg.verdict import (findings_markdown, load_run, member_label, method_groups, method_markdown,
-                              method_rows, paper_steps, paper_tables, run_rows, write_verdict)
+from alphareg.verdict import (findings_markdown, late_trend, load_run, member_label, method_groups,
+                              method_markdown, method_rows, paper_steps, paper_tables, run_rows, write_verdict)
 
 STEPS = [0, 10, 100, 1000, 10000]
 
@@ -122,6 +123,28 @@ def test_a_wd_method_is_compared_with_its_fixed_wd_control(tmp_path):
             "final +0.050, drop -0.050.") in ctl
     # 0.05 is 2.5x the nearest plain wd: no control; neither for a method without wd_ref
     assert sum("fixed-WD control" in ln for ln in lines) == 1
+
+
+def test_late_trend_is_the_least_squares_slope_per_decade_over_the_last_half_decade(tmp_path, monkeypatch):
+    # an exact line: -0.1 per decade from 1e3 to 1e5 (window of 2 decades keeps all three points)
+    assert late_trend([1000, 10000, 100000], [0.9, 0.8, 0.7], decades=2) == pytest.approx(-0.1)
+    # the default half-decade window starts at 1e5 / 10^0.5 = 31623: step 30000 and earlier are out
+    steps, accs = [0, 1000, 30000, 40000, 63096, 100000], [0.1, 0.9, 0.2, 0.85, 0.86, 0.84]
+    ref = statistics.linear_regression([math.log10(t) for t in steps[3:]], accs[3:]).slope
+    assert late_trend(steps, accs) == pytest.approx(ref)
+    assert late_trend([0, 50000, 100000], [0.1, 0.9, 0.8]) is None          # 2 points in the window
+    assert late_trend([100, 100, 100], [0.8, 0.9, 0.7], decades=1) is None  # no spread in log t
+    # through run_rows, method_rows and the findings: member 0 falls 0.05 per decade (0.9, 0.85,
+    # 0.8 at 1e3, 1e4, 1e5), member 1 is flat
+    path = make_run(tmp_path, "trend", [0, 1], [[0.1, 0.9, 0.85, 0.8], [0.1, 0.9, 0.9, 0.9]], [[6, 5, 4, 3]] * 2,
+                    steps=[0, 1000, 10000, 100000], wall=(0, 1, 2, 3))
+    assert [r["late_trend"] for r in run_rows(path)] == [None, None]   # 1 point in the last half-decade
+    monkeypatch.setattr("alphareg.verdict.LATE_WINDOW_DECADES", 2)
+    r0, r1 = run_rows(path)
+    assert (r0["late_trend"], r1["late_trend"]) == (pytest.approx(-0.05), pytest.approx(0.0))
+    (agg,) = method_rows([r0, r1])
+    assert agg["late_trend"] == pytest.approx((-0.025, statistics.stdev([-0.05, 0.0])))
+    assert "test accuracy over the last 2 decade of steps -0.025 ± 0.035 per decade" in findings_markdown([agg])
 
 
 def test_member_labels_name_what_differs():
