@@ -306,7 +306,7 @@ def _against(a: dict, ref: dict, with_cost: bool) -> str:
 
 def findings_markdown(agg: list[dict]) -> str:
     """The answer in sentences, generated from ``method_rows``: for each method, how many members
-    collapsed, final test accuracy and drop against the reference (the plain run with wd 0 at the
+    collapsed, final test accuracy, drop and late trend; final and drop against the reference (the plain run with wd 0 at the
     same lr, when present) with the cost ratio of training seconds per member-step, and against
     its fixed-WD control (``fixed_wd_control``) with that control's collapsed count."""
     lines = []
@@ -329,8 +329,9 @@ def findings_markdown(agg: list[dict]) -> str:
         s += (f"; over the {a['n_reached']} at the end: peak test accuracy {_ms(a['peak_test_acc'])}, "
               f"final {_ms(a['final_test_acc'])}, drop {_ms(a['drop_from_peak'])}")
         if a["late_trend"] is not None:
-            s += (f", test accuracy over the last {LATE_WINDOW_DECADES:g} decade of steps "
-                  f"{_ms(a['late_trend'])} per decade")
+            mean, sd = a["late_trend"]
+            s += (f", late trend {mean:+.3f} ± {sd:.3f} per decade of steps (slope of test accuracy "
+                  f"over the last {LATE_WINDOW_DECADES:g} decade)")
         if ref is not None and a is not ref and ref["n_reached"]:
             s += f"; against {ref['method']}: " + _against(a, ref, with_cost=True)
         ctl = fixed_wd_control(a, agg)

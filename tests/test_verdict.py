@@ -144,7 +144,7 @@ def test_late_trend_is_the_least_squares_slope_per_decade_over_the_last_half_dec
     assert (r0["late_trend"], r1["late_trend"]) == (pytest.approx(-0.05), pytest.approx(0.0))
     (agg,) = method_rows([r0, r1])
     assert agg["late_trend"] == pytest.approx((-0.025, statistics.stdev([-0.05, 0.0])))
-    assert "test accuracy over the last 2 decade of steps -0.025 ± 0.035 per decade" in findings_markdown([agg])
+    assert "late trend -0.025 ± 0.035 per decade of steps (slope of test accuracy over the last 2 decade)" in findings_markdown([agg])
 
 
 def test_member_labels_name_what_differs():
