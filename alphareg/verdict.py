@@ -306,9 +306,10 @@ def _against(a: dict, ref: dict, with_cost: bool) -> str:
 
 def findings_markdown(agg: list[dict]) -> str:
     """The answer in sentences, generated from ``method_rows``: for each method, how many members
-    collapsed, final test accuracy, drop and late trend; final and drop against the reference (the plain run with wd 0 at the
-    same lr, when present) with the cost ratio of training seconds per member-step, and against
-    its fixed-WD control (``fixed_wd_control``) with that control's collapsed count."""
+    collapsed, final test accuracy, drop and late trend; final and drop against the reference (the
+    plain run with wd 0 at the same lr, when present) with the cost ratio of training seconds per
+    member-step, and against its fixed-WD control (``fixed_wd_control``) with that control's
+    collapsed count."""
     lines = []
     for a in agg:
         ref = next((b for b in agg if b["method_name"] == "none" and b["wd"] == 0

@@ -34,7 +34,9 @@ def test_next_stop():
 def test_runs_advance_in_chunks_and_resume(tmp_path):
     runs = [PlannedRun("fast", "wd0", s, f"r{s}", "experiments.baseline", FAST) for s in ("0", "1")]
     logs = []
-    codes = run_campaign(runs, target=30, hours=0.2, workers=2, chunk=20, runs_dir=str(tmp_path), log=logs.append)
+    # a budget far above what these steps need even on a loaded machine (the budget's own test is
+    # test_budget_stops_runs_at_a_checkpoint): the run must end by its target, never by the clock
+    codes = run_campaign(runs, target=30, hours=2.0, workers=2, chunk=20, runs_dir=str(tmp_path), log=logs.append)
     assert codes == {"r0": 0, "r1": 0}
     for r in runs:
         assert progress(tmp_path, r) == 30
@@ -91,7 +93,8 @@ def test_tuned_method_runs_its_study_then_trains_with_the_best_trial(tmp_path, m
     run = PlannedRun("fast", "wdctl_opt", "0,1,2", pending.name, pending.module, pending.flags,
                      tuple(full) + ("--wd-ref", "0.01", "--control-every", "10"))
     logs = []
-    codes = run_campaign([run], target=30, hours=0.2, workers=1, chunk=100, runs_dir="runs",
+    # hours: ends by its target, not by the clock, also on a loaded machine (0.2 h was once too short)
+    codes = run_campaign([run], target=30, hours=2.0, workers=1, chunk=100, runs_dir="runs",
                          log=logs.append)
     assert codes == {pending.name: 0}, logs
     study = optuna.load_study(study_name=study_name("fast", "wdctl_opt"),
