@@ -466,12 +466,13 @@ def plot_verdict(groups: list[MethodData], path: Path) -> None:
         m = _frame(g.metrics, ("step", "member", "test_acc"))
         n = m["member"].nunique()
         label = f"{g.label} (mean of {n})" if n > 1 else g.label
-        _lines(a1, _member_mean(m, "test_acc"), "test_acc", label, colors[i % len(colors)])
+        color, style = colors[i % len(colors)], "-" if i < len(colors) else "--"  # > 10 methods: dashed
+        _lines(a1, _member_mean(m, "test_acc"), "test_acc", label, color, style)
         first = [r for r in g.htsr if r["layer"] == (g.htsr[0]["layer"] if g.htsr else "")]
         if first:
             h = _frame(first, ("step", "member", "alpha"))
             h["alpha"] = h["alpha"].where(h["alpha"] >= 0)
-            _lines(a2, _member_mean(h, "alpha"), "alpha", label, colors[i % len(colors)])
+            _lines(a2, _member_mean(h, "alpha"), "alpha", label, color, style)
     a2.axhline(2.0, color="k", ls=":", lw=1.2)
     first_layer = next((g.htsr[0]["layer"] for g in groups if g.htsr), "first layer")
     for ax, t in ((a1, "test accuracy"), (a2, f"weightwatcher alpha of {first_layer}")):
@@ -479,8 +480,10 @@ def plot_verdict(groups: list[MethodData], path: Path) -> None:
         ax.set_xlabel("steps")
         ax.set_title(t)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
     fig.tight_layout()
+    # one legend for both panels, below them (method labels are long: inside an axes they hide lines)
+    fig.legend(*a1.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               fontsize=8, frameon=False)
     _save(fig, path)
 
 
