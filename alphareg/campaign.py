@@ -24,7 +24,6 @@ the flags come from ``study.best_trial.params`` and the parser's own option name
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -33,6 +32,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .rundir import last_step
 
 #: preset -> (learning rate flag, default target steps, run-name prefix)
 PRESETS = {"fast": ("5e-3", 10**6, "fast_lr5e-3"), "paper": ("5e-4", 10**7, "paper_lr5e-4")}
@@ -179,20 +180,8 @@ def plan(preset: str, methods: list[str] | None = None, studies_dir: str = "stud
 
 
 def progress(runs_dir: str | Path, run: PlannedRun) -> int:
-    """How far the run got: the later of its last logged step (``metrics.csv``) and the step
-    ``summary.json`` records (written when a run ends or is stopped); 0 when not started."""
-    path = Path(runs_dir) / run.name
-    last = 0
-    if (path / "metrics.csv").is_file():
-        with open(path / "metrics.csv", newline="") as f:
-            for row in csv.DictReader(f):
-                last = max(last, int(row["step"]))
-    if (path / "summary.json").is_file():
-        try:
-            last = max(last, int(json.loads((path / "summary.json").read_text()).get("step", 0)))
-        except (ValueError, TypeError):
-            pass
-    return last
+    """How far the run got (``alphareg.rundir.last_step`` of its directory); 0 when not started."""
+    return last_step(Path(runs_dir) / run.name)
 
 
 def next_stop(step: int, chunk: int, target: int) -> int:
@@ -202,11 +191,14 @@ def next_stop(step: int, chunk: int, target: int) -> int:
 
 def run_campaign(runs: list[PlannedRun], target: int, hours: float, workers: int, chunk: int,
                  runs_dir: str = "runs", extra: tuple[str, ...] = (), log=print,
-                 studies_dir: str = "studies", threads: int | None = None) -> dict[str, int]:
+                 studies_dir: str = "studies", threads: int | None = None,
+                 on_chunk_end=None) -> dict[str, int]:
     """Advance ``runs`` towards ``target`` steps for at most ``hours`` of wall time; returns each
     run's exit code of its last chunk (missing: never started). A run still waiting for its study
     runs the study first (stopped by SIGINT, which Optuna's worker records) and is then planned
-    again with the best trial's flags. ``threads`` per run: default cores / workers."""
+    again with the best trial's flags. ``threads`` per run: default cores / workers.
+    ``on_chunk_end(run)`` is called whenever a run's chunk ends with a checkpoint (exit 0 or 130),
+    e.g. to archive it (``alphareg.archive.save``)."""
     runs = list(runs)
     deadline = time.monotonic() + hours * 3600
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
@@ -237,6 +229,8 @@ def run_campaign(runs: list[PlannedRun], target: int, hours: float, workers: int
                         continue
                     now = progress(runs_dir, run)
                     log(f"{name}: exit {proc.returncode} at step {now}")
+                    if on_chunk_end and proc.returncode in (0, 130):
+                        on_chunk_end(run)
                     if proc.returncode == 0 and now <= started_at[name]:
                         codes[name] = -1      # ended without advancing: do not loop on it
                         log(f"{name}: did not advance past step {now}; left alone this time")
@@ -249,6 +243,8 @@ def run_campaign(runs: list[PlannedRun], target: int, hours: float, workers: int
                     codes[name] = proc.wait()
                     log(f"{name}: stopped ({codes[name]}) at step {progress(runs_dir, run)}; "
                         "the same command resumes it")
+                    if on_chunk_end and not run.study and codes[name] in (0, 130):
+                        on_chunk_end(run)
                 break
             idle = [r for r in runs if r.name not in running and codes.get(r.name, 0) in (0, 130)]
             todo = sorted(t for t in ((progress(runs_dir, r), r.name, r) for r in idle) if t[0] < target)

@@ -217,6 +217,23 @@ def snapshot_steps(run_path: str | os.PathLike) -> list[int]:
     return sorted(int(p.stem[5:]) for p in (Path(run_path) / SNAPSHOTS).glob("step_*.pt"))
 
 
+def last_step(run_path: str | os.PathLike) -> int:
+    """How far a run got: the later of its last logged step (``metrics.csv``) and the step
+    ``summary.json`` records (written when a run ends or is stopped); 0 when it has neither."""
+    path = Path(run_path)
+    last = 0
+    if (path / METRICS).is_file():
+        with open(path / METRICS, newline="") as f:
+            for row in csv.DictReader(f):
+                last = max(last, int(row["step"]))
+    if (path / SUMMARY).is_file():
+        try:
+            last = max(last, int(json.loads((path / SUMMARY).read_text()).get("step", 0)))
+        except (ValueError, TypeError):
+            pass
+    return last
+
+
 def read_metrics(run_path: str | os.PathLike) -> list[dict]:
     """Rows of a run directory's metrics table as dicts of strings ([] when absent)."""
     path = Path(run_path) / METRICS

@@ -10,13 +10,24 @@ within a time budget, then the verdict rebuilt from what the runs reached.
 Repeat the same command every session: each run resumes from its checkpoint; the least advanced
 runs go first, each to the next multiple of --chunk steps. Ctrl-C / SIGTERM stops every run at a
 step boundary with a checkpoint. Runs live in --runs-dir/<preset prefix>_<method>_s<seeds>.
+
+With --archive DIR (the project's own: archive/, committed) every run's resumable state is kept in
+DIR/<run>.tar.gz and each tuned method's study database in DIR/studies/: a run directory that is
+missing is restored from it before training, and the archive is updated after every chunk and at
+the end, so the same command continues on a fresh clone (alphareg/archive.py).
 """
 import argparse
 import shlex
 import sys
 
+from pathlib import Path
+
 from alphareg.campaign import (METHODS, PRESETS, TUNED, commands_markdown, plan, progress_table,
-                               run_campaign, write_study_reports)
+                               run_campaign, study_db, write_study_reports)
+
+
+def log(s: str) -> None:
+    print(f"experiments.evidence: {s}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
@@ -36,6 +47,10 @@ def main(argv=None) -> int:
     p.add_argument("--run-args", default="", metavar="FLAGS",
                    help='extra flags for every run, e.g. "--device cuda --ww-per-decade 0"')
     p.add_argument("--list", action="store_true", help="print the plan and each run's progress, then exit")
+    p.add_argument("--archive", default=None, metavar="DIR",
+                   help="keep each run's resumable state in DIR/<run>.tar.gz (tuned studies in "
+                        "DIR/studies/): restore missing run directories from it, update it after "
+                        "every chunk; commit DIR to continue on a fresh clone (ours: archive/)")
     p.add_argument("--verdict", default=None, metavar="DIR",
                    help="afterwards write the verdict of every started run to DIR (experiments.report "
                         "--verdict), with the runs' tables and summaries (not checkpoints) in DIR/runs/ "
@@ -48,10 +63,28 @@ def main(argv=None) -> int:
         if v is not None and v < 1:
             p.error(f"{flag} must be >= 1, got {v}")
     methods = a.methods.split(",") if a.methods else None
+    archiving = a.archive and not a.list
+    if archiving:
+        from alphareg import archive
+        if Path(a.archive).exists() and not Path(a.archive).is_dir():
+            p.error(f"--archive {a.archive} is a file, not a folder")
+        for key in [m for m in (methods or TUNED) if m in TUNED]:
+            if archive.restore_file(study_db(a.preset, key), Path(a.archive) / "studies"):
+                log(f"study of {key} restored from {a.archive}/studies")
     try:
         runs = plan(a.preset, methods)
     except ValueError as e:
         p.error(str(e))
+    if archiving:
+        for r in runs:
+            restored, note = archive.restore(r.name, a.runs_dir, a.archive)
+            if note:
+                log(f"{r.name}: {note}")
+
+    def save(run) -> None:
+        dest, written, note = archive.save(Path(a.runs_dir) / run.name, a.archive)
+        if written:
+            log(f"{run.name}: archived to {dest} ({note})")
     try:
         extra = tuple(shlex.split(a.run_args))
     except ValueError as e:
@@ -59,19 +92,22 @@ def main(argv=None) -> int:
     target = a.steps or PRESETS[a.preset][1]
     code = 0
     if not a.list and a.hours > 0:
-        codes = run_campaign(runs, target, a.hours, a.workers, a.chunk, a.runs_dir, extra,
-                             log=lambda s: print(f"experiments.evidence: {s}", file=sys.stderr, flush=True),
-                             threads=a.threads)
+        codes = run_campaign(runs, target, a.hours, a.workers, a.chunk, a.runs_dir, extra, log=log,
+                             threads=a.threads, on_chunk_end=save if archiving else None)
         failed = {n: c for n, c in codes.items() if c not in (0, 130)}
         if failed:
             print(f"experiments.evidence: runs that failed or did not advance (see <runs-dir>/<name>.log): "
                   f"{failed}", file=sys.stderr)
             code = 1
         runs = plan(a.preset, methods)  # again: a study that ended meanwhile now gives its run the best trial's flags
+    if archiving:
+        for r in runs:
+            save(r)
+        for key in dict.fromkeys(r.method for r in runs if r.method in TUNED):
+            if archive.save_file(study_db(a.preset, key), Path(a.archive) / "studies"):
+                log(f"study of {key} archived to {a.archive}/studies")
     print(progress_table(runs, a.runs_dir, target))
     if a.verdict:
-        from pathlib import Path
-
         from alphareg.verdict import write_verdict
         started = [Path(a.runs_dir) / r.name for r in runs if (Path(a.runs_dir) / r.name / "metrics.csv").is_file()]
         if not started:
@@ -79,7 +115,7 @@ def main(argv=None) -> int:
         write_verdict(started, a.verdict, horizon=a.horizon, copy_runs=True)
         (Path(a.verdict) / "runs.md").write_text(commands_markdown(runs, a.runs_dir, target))
         write_study_reports(a.preset, list(dict.fromkeys(r.method for r in runs)), a.verdict)
-        print(f"experiments.evidence: verdict of {len(started)} runs written to {a.verdict}", file=sys.stderr)
+        log(f"verdict of {len(started)} runs written to {a.verdict}")
     return code
 
 

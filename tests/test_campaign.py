@@ -36,8 +36,11 @@ def test_runs_advance_in_chunks_and_resume(tmp_path):
     logs = []
     # a budget far above what these steps need even on a loaded machine (the budget's own test is
     # test_budget_stops_runs_at_a_checkpoint): the run must end by its target, never by the clock
-    codes = run_campaign(runs, target=30, hours=2.0, workers=2, chunk=20, runs_dir=str(tmp_path), log=logs.append)
+    ends = []    # on_chunk_end (the archive hook): once per finished chunk, after its checkpoint
+    codes = run_campaign(runs, target=30, hours=2.0, workers=2, chunk=20, runs_dir=str(tmp_path), log=logs.append,
+                         on_chunk_end=lambda r: ends.append((r.name, progress(tmp_path, r))))
     assert codes == {"r0": 0, "r1": 0}
+    assert sorted(ends) == [("r0", 20), ("r0", 30), ("r1", 20), ("r1", 30)]
     for r in runs:
         assert progress(tmp_path, r) == 30
         log = (tmp_path / f"{r.name}.log").read_text()
@@ -53,9 +56,10 @@ def test_runs_advance_in_chunks_and_resume(tmp_path):
 
 def test_budget_stops_runs_at_a_checkpoint(tmp_path):
     run = PlannedRun("fast", "wd0", "0", "long", "experiments.baseline", FAST)
+    ends = []
     codes = run_campaign([run], target=10**6, hours=20 / 3600, workers=1, chunk=10**6,
-                         runs_dir=str(tmp_path), log=lambda s: None)
-    assert codes == {"long": 130}
+                         runs_dir=str(tmp_path), log=lambda s: None, on_chunk_end=ends.append)
+    assert codes == {"long": 130} and ends == [run]
     summary = json.loads((tmp_path / "long" / "summary.json").read_text())
     assert 0 < summary["step"] < 10**6 and progress(tmp_path, run) == summary["step"]
     assert (tmp_path / "long" / "checkpoint.pt").is_file()
