@@ -243,6 +243,39 @@ def read_metrics(run_path: str | os.PathLike) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+#: metrics columns that differ between identical trajectories (timing)
+UNTIMED_SKIP = ("wall_time",)
+
+
+def compare_metrics(run_a: str | os.PathLike, run_b: str | os.PathLike) -> dict:
+    """Whether two runs followed the same trajectory: their ``metrics.csv`` rows at every
+    (step, member) both logged, compared as the written strings (Python's float repr round-trips,
+    so equal strings = equal float64 values, bit for bit) over the columns both have, timing
+    columns aside. Returns ``common`` (rows both have), ``identical`` (rows equal in every
+    column), ``last_common_step``, ``first_difference`` (step, member, column, value in a, value in
+    b) or None, and ``columns``: per differing column (rows that differ, max |a − b| / |b|; the
+    relative difference is inf where a value is not a number)."""
+    rows_a = {(int(r["step"]), int(r["member"])): r for r in read_metrics(run_a)}
+    rows_b = {(int(r["step"]), int(r["member"])): r for r in read_metrics(run_b)}
+    common = sorted(set(rows_a) & set(rows_b))
+    identical, first, columns = 0, None, {}
+    for key in common:
+        a, b = rows_a[key], rows_b[key]
+        diffs = [c for c in a if c in b and c not in UNTIMED_SKIP and a[c] != b[c]]
+        identical += not diffs
+        if diffs and first is None:
+            first = (*key, diffs[0], a[diffs[0]], b[diffs[0]])
+        for c in diffs:
+            try:
+                rel = abs(float(a[c]) - float(b[c])) / abs(float(b[c])) if float(b[c]) else float("inf")
+            except ValueError:
+                rel = float("inf")
+            n, worst = columns.get(c, (0, 0.0))
+            columns[c] = (n + 1, max(worst, rel))
+    return {"common": len(common), "identical": identical, "columns": columns,
+            "last_common_step": common[-1][0] if common else None, "first_difference": first}
+
+
 def write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))

@@ -1,8 +1,10 @@
 """Run archives (alphareg.archive, experiments.evidence --archive): a run saved, restored on a
-fresh "clone" and resumed continues exactly as a run that was never stopped; archives are never
-replaced by older runs and never overwrite a run directory."""
+fresh "clone" and resumed continues exactly as a run that was never stopped (checked with
+experiments.compare); archives are never replaced by older runs and never overwrite a run
+directory."""
 import csv
 import fcntl
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -10,7 +12,7 @@ import tarfile
 import torch
 
 from alphareg import archive
-from alphareg.rundir import last_step
+from alphareg.rundir import compare_metrics, last_step
 
 FAST = ("--lr", "5e-3", "--wd", "0", "--esd-per-decade", "0", "--ww-per-decade", "0", "--no-progress")
 
@@ -26,6 +28,11 @@ def train(runs_dir, name, steps):
 def metrics(run):
     with open(run / "metrics.csv", newline="") as f:
         return [{k: v for k, v in row.items() if k != "wall_time"} for row in csv.DictReader(f)]
+
+
+def compare_cli(*args):
+    return subprocess.run([sys.executable, "-m", "experiments.compare", *map(str, args)],
+                          capture_output=True, text=True)
 
 
 def same(a, b, skip=("wall_time",)) -> bool:
@@ -66,6 +73,28 @@ def test_a_restored_archive_resumes_exactly_like_a_run_never_stopped(tmp_path):
     resumed, never_stopped = metrics(fresh / "r"), metrics(straight / "r")
     assert [r for r in resumed if r["step"] != "30"] == never_stopped and len(never_stopped) > 20
     assert any(int(r["step"]) > 30 for r in never_stopped)
+    c = compare_metrics(fresh / "r", straight / "r")
+    assert (c["common"], c["identical"], c["columns"], c["first_difference"]) == \
+        (len(never_stopped), len(never_stopped), {}, None) and c["last_common_step"] == 60
+    assert compare_cli(fresh / "r", straight / "r").returncode == 0
+    # one value changed by hand in a copy: found, counted, its relative difference exact
+    tampered = tmp_path / "tampered"
+    shutil.copytree(straight / "r", tampered)
+    rows = list(csv.reader(open(tampered / "metrics.csv")))
+    col = rows[0].index("test_loss")
+    old = float(rows[5][col])
+    rows[5][col] = repr(old * 1.5)
+    with open(tampered / "metrics.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    c = compare_metrics(tampered, straight / "r")
+    assert c["identical"] == c["common"] - 1 and set(c["columns"]) == {"test_loss"}
+    assert c["columns"]["test_loss"][0] == 1 and abs(c["columns"]["test_loss"][1] - 0.5) < 1e-12
+    assert c["first_difference"][:3] == (int(rows[5][0]), int(rows[5][1]), "test_loss")
+    r = compare_cli(tampered, straight / "r")
+    assert r.returncode == 1 and "test_loss: differs in 1 rows, max relative difference 0.5" in r.stdout
+    assert compare_cli(tampered, straight / "r", "--rtol", "0.6").returncode == 0
+    r = compare_cli(tmp_path / "nothing", straight / "r")
+    assert r.returncode == 2 and "run_a" in r.stderr and "metrics.csv" in r.stderr
     assert same(checkpoint(fresh / "r"), checkpoint(straight / "r"))
 
     # the resumed run is ahead: it replaces the archive; the older one never does
