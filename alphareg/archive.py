@@ -19,7 +19,8 @@ Rules, so that no step is lost and nothing is overwritten by something older:
 * ``restore`` extracts an archive only where the run directory does not exist; an existing run
   directory is never touched (when it is behind its archive the caller is told);
 * ``save`` replaces an archive only with a run directory that reached a later step (``last_step``),
-  writing a temporary file renamed over the old one.
+  writing a temporary file renamed over the old one; a run a training process holds is skipped;
+* an archive that cannot be read raises :class:`ArchiveError` naming it (never a silent restart).
 """
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ from .monitor import HTSRTable
 from .rundir import METRICS, SNAPSHOTS, SUMMARY, last_step, snapshot_file, snapshot_steps
 
 SUFFIX = ".tar.gz"
+
+
+class ArchiveError(RuntimeError):
+    """An archive that cannot be read. The message names the file and what to do."""
+
 #: top-level entries of a run directory never archived
 SKIP = {"plots", ".lock", "wandb"}
 #: read first when an archive is opened for its step (members are written in this order)
@@ -78,12 +84,21 @@ def in_use(run_path: str | os.PathLike) -> bool:
 def archived_step(archive: str | os.PathLike) -> int:
     """The step the archived run reached (``last_step`` of its metrics and summary); 0 if the
     archive holds neither."""
-    with tempfile.TemporaryDirectory() as tmp, tarfile.open(archive, "r:gz") as tar:
-        for m in tar:
-            if m.name not in FIRST:
-                break       # they are written first: nothing after them is needed
-            tar.extract(m, tmp, filter="data")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                for m in tar:
+                    if m.name not in FIRST:
+                        break       # they are written first: nothing after them is needed
+                    tar.extract(m, tmp, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise unreadable(archive, e) from None
         return last_step(tmp)
+
+
+def unreadable(archive: str | os.PathLike, e: Exception) -> ArchiveError:
+    return ArchiveError(f"archive {archive} is unreadable ({type(e).__name__}: {str(e)[:120]}); "
+                        f"restore it from git (git checkout -- {archive}) or delete it")
 
 
 def save(run_path: str | os.PathLike, archive_dir: str | os.PathLike) -> tuple[Path, bool, str]:
@@ -129,8 +144,11 @@ def restore(name: str, runs_dir: str | os.PathLike, archive_dir: str | os.PathLi
         return False, ""
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.restore", dir=run.parent if run.parent.is_dir() else None))
     try:
-        with tarfile.open(src, "r:gz") as tar:
-            tar.extractall(tmp, filter="data")
+        try:
+            with tarfile.open(src, "r:gz") as tar:
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise unreadable(src, e) from None
         run.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, run)
     finally:

@@ -19,7 +19,6 @@ the end, so the same command continues on a fresh clone (alphareg/archive.py).
 import argparse
 import shlex
 import sys
-
 from pathlib import Path
 
 from alphareg.campaign import (METHODS, PRESETS, TUNED, commands_markdown, plan, progress_table,
@@ -77,12 +76,19 @@ def main(argv=None) -> int:
         p.error(str(e))
     if archiving:
         for r in runs:
-            restored, note = archive.restore(r.name, a.runs_dir, a.archive)
+            try:
+                restored, note = archive.restore(r.name, a.runs_dir, a.archive)
+            except archive.ArchiveError as e:
+                p.error(f"--archive: {e}")
             if note:
                 log(f"{r.name}: {note}")
 
     def save(run) -> None:
-        dest, written, note = archive.save(Path(a.runs_dir) / run.name, a.archive)
+        try:
+            dest, written, note = archive.save(Path(a.runs_dir) / run.name, a.archive)
+        except (archive.ArchiveError, OSError) as e:   # the runs go on; the run directory is intact
+            log(f"{run.name}: NOT archived: {e}")
+            return
         if written:
             log(f"{run.name}: archived to {dest} ({note})")
     try:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 
+import pytest
 import torch
 
 from alphareg import archive
@@ -136,6 +137,19 @@ def test_study_databases_are_copied_both_ways(tmp_path):
     assert not archive.restore_file(db, tmp_path / "a")              # exists: untouched
     other = tmp_path / "clone" / "studies" / "s.db"
     assert archive.restore_file(other, tmp_path / "a") and other.read_bytes() == b"v2"
+
+
+def test_an_unreadable_archive_is_an_error_naming_it(tmp_path):
+    bad = tmp_path / "archive" / "fast_lr5e-3_wd0.01_s012.tar.gz"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a tar file")
+    with pytest.raises(archive.ArchiveError, match="fast_lr5e-3_wd0.01_s012.tar.gz is unreadable"):
+        archive.restore("fast_lr5e-3_wd0.01_s012", tmp_path / "runs", tmp_path / "archive")
+    assert not (tmp_path / "runs" / "fast_lr5e-3_wd0.01_s012").exists()
+    r = subprocess.run([sys.executable, "-m", "experiments.evidence", "fast", "--methods", "wd0.01", "--hours", "0",
+                        "--runs-dir", str(tmp_path / "runs"), "--archive", str(tmp_path / "archive")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--archive" in r.stderr and "git checkout --" in r.stderr
 
 
 def test_evidence_cli_restores_from_and_saves_to_the_archive(tmp_path):
