@@ -12,7 +12,7 @@ An archive holds the run directory minus what is rebuilt or already summarised:
 What remains is ``checkpoint.pt`` (weights, optimizer moments, sampler generators, method state:
 the run resumes exactly, as if never stopped), ``config.json``, ``metrics.csv``, ``htsr.csv``,
 ``summary.json`` and the derived tables. 9–14 MB for a 3-member float64 MLP run (the
-checkpoint: weights and two AdamW moments, 3 × 199,210 float64 each; gzip saves ~4 %).
+checkpoint: weights and two AdamW moments, 3 × 199,210 float64 each; gzip saves 4–40 %, more with weight decay).
 
 Rules, so that no step is lost and nothing is overwritten by something older:
 
