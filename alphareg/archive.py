@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 from .monitor import HTSRTable
-from .rundir import METRICS, SNAPSHOTS, SUMMARY, last_step, snapshot_file, snapshot_steps
+from .rundir import LOCK, METRICS, PLOTS, SNAPSHOTS, SUMMARY, last_step, snapshot_file, snapshot_steps
 
 SUFFIX = ".tar.gz"
 
@@ -40,8 +40,9 @@ SUFFIX = ".tar.gz"
 class ArchiveError(RuntimeError):
     """An archive that cannot be read. The message names the file and what to do."""
 
+
 #: top-level entries of a run directory never archived
-SKIP = {"plots", ".lock", "wandb"}
+SKIP = {PLOTS, LOCK, "wandb"}
 #: read first when an archive is opened for its step (members are written in this order)
 FIRST = (METRICS, SUMMARY)
 
@@ -54,7 +55,7 @@ def members(run_path: str | os.PathLike) -> list[Path]:
     """The files of a run directory that go into its archive, relative to the directory,
     ``metrics.csv`` and ``summary.json`` first."""
     run = Path(run_path)
-    analysed = HTSRTable(run).steps() if (run / "htsr.csv").is_file() else set()
+    analysed = HTSRTable(run).steps()
     keep_snaps = {snapshot_file(run, s) for s in snapshot_steps(run) if s not in analysed}
     out = []
     for p in sorted(run.rglob("*")):
@@ -69,7 +70,7 @@ def members(run_path: str | os.PathLike) -> list[Path]:
 
 def in_use(run_path: str | os.PathLike) -> bool:
     """Whether a training process holds the run directory's lock (``RunDir.lock``)."""
-    lock = Path(run_path) / ".lock"
+    lock = Path(run_path) / LOCK
     if not lock.is_file():
         return False
     with open(lock) as f:

@@ -31,6 +31,7 @@ CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 PLOTS = "plots"
 SNAPSHOTS = "snapshots"
+LOCK = ".lock"      # held (flock) by the training process for the life of the run
 
 
 def git_commit() -> str:
@@ -118,7 +119,7 @@ class RunDir:
         processes never write the same run (the second gets a ConfigError naming the first)."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            f = open(self.path / ".lock", "a+")
+            f = open(self.path / LOCK, "a+")
         except OSError as e:
             raise ConfigError(f"--runs-dir {self.cfg.runs_dir} is not writable ({e.strerror})") from None
         try:
@@ -244,7 +245,7 @@ def read_metrics(run_path: str | os.PathLike) -> list[dict]:
 
 
 #: metrics columns that differ between identical trajectories (timing)
-UNTIMED_SKIP = ("wall_time",)
+TIMING_COLUMNS = ("wall_time",)
 
 
 def compare_metrics(run_a: str | os.PathLike, run_b: str | os.PathLike) -> dict:
@@ -261,7 +262,7 @@ def compare_metrics(run_a: str | os.PathLike, run_b: str | os.PathLike) -> dict:
     identical, first, columns = 0, None, {}
     for key in common:
         a, b = rows_a[key], rows_b[key]
-        diffs = [c for c in a if c in b and c not in UNTIMED_SKIP and a[c] != b[c]]
+        diffs = [c for c in a if c in b and c not in TIMING_COLUMNS and a[c] != b[c]]
         identical += not diffs
         if diffs and first is None:
             first = (*key, diffs[0], a[diffs[0]], b[diffs[0]])
