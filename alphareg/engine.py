@@ -95,7 +95,7 @@ class Trainer:
         self.fast_step = self.build_fast_step() if cfg.engine == "fast" else None
         self.graphed = None   # CUDA graphs of whole steps (alphareg.cudagraph), when they apply
         if (self.device.type == "cuda" and self.fast_step is not None and cfg.optimizer == "adamw"
-                and cfg.warmup_steps == 0):
+                and cfg.warmup_steps == 0 and os.environ.get("ALPHAREG_CUDA_GRAPHS", "1") != "0"):
             from .cudagraph import GraphedSteps
             self.graphed = GraphedSteps(self)
         self.step = 0

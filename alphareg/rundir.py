@@ -35,15 +35,19 @@ LOCK = ".lock"      # held (flock) by the training process for the life of the r
 
 
 def git_commit() -> str:
+    """Short hash of the checkout (``-dirty`` with uncommitted changes to tracked files); where
+    git cannot answer (a copy of the tree without ``.git``, e.g. on the device machine) the value
+    of ``ALPHAREG_GIT_COMMIT``, else ``unknown``."""
+    fallback = os.environ.get("ALPHAREG_GIT_COMMIT", "unknown")
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parent, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5,
                                cwd=Path(__file__).resolve().parent).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else fallback
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return fallback
 
 
 def provenance() -> dict:

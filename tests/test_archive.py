@@ -170,3 +170,18 @@ def test_evidence_cli_restores_from_and_saves_to_the_archive(tmp_path):
     (tmp_path / "afile").write_text("x")
     r = cli("--hours", "0", "--archive", str(tmp_path / "afile"))
     assert r.returncode == 2 and "--archive" in r.stderr and "is a file" in r.stderr
+
+
+def test_git_commit_falls_back_to_the_environment_where_git_cannot_answer(monkeypatch):
+    """On the device machine the tree travels without .git: the commit comes from the env."""
+    import subprocess
+
+    from alphareg import rundir
+
+    def no_git(*a, **k):
+        raise FileNotFoundError("git")
+    monkeypatch.setattr(subprocess, "run", no_git)
+    monkeypatch.delenv("ALPHAREG_GIT_COMMIT", raising=False)
+    assert rundir.git_commit() == "unknown"
+    monkeypatch.setenv("ALPHAREG_GIT_COMMIT", "abc1234")
+    assert rundir.git_commit() == "abc1234"

@@ -1,0 +1,91 @@
+#!/bin/bash
+# One device-tool call (one <= 10-minute command): the GPU figures, then the paper-config evidence
+# runs (lr 5e-4) for the rest of the budget, their resumable archives packed into $OUT.
+#
+#   bash experiments/gpu_chunk.sh [BUDGET_S=540] [METHODS=wd0,wd0.01,wdctl_t2] [BENCH=1]
+#
+# Carry `.gpu` (README "Running on a GPU"): .gpu/cache/mnist-uint8.npz (np.savez_compressed of
+# alphareg's cache, 11.5 MB), .gpu/commit (`git rev-parse --short HEAD` here: the tree travels
+# without .git), and .gpu/archive/*.tar.gz from earlier chunks (then the runs resume).
+# Back here: `cat <files_at>/archive.tar.part-* | tar xf - -C .gpu` restores .gpu/archive; then
+# `python -m experiments.evidence paper --methods ... --runs-dir runs --archive .gpu/archive --hours 0`
+# extracts the runs and `--verdict reports/verdict/paper_config` rebuilds the verdict.
+#
+# Order: (1) `benchmarks.bench_gpu` (speed, and the CUDA-graph path against the plain loop after
+# 1,000 steps); if it fails or deviates by more than 1e-8, the runs use the eager path
+# (ALPHAREG_CUDA_GRAPHS=0). (2) `experiments.evidence paper` with every method in parallel until
+# BUDGET_S - 100 s after the start (SIGINT: each run checkpoints at a step boundary), a bounded
+# HTSR catch-up and figures (`experiments.report`), then archives (alphareg.archive).
+# (3) archives split into 15 MB parts, the session log and figures into $OUT (8 files at most).
+set -u
+T0=$(date +%s)
+BUDGET=${1:-540}
+METHODS=${2:-wd0,wd0.01,wdctl_t2}
+BENCH=${3:-1}
+OUT=${OUT:-/tmp/gpu_chunk_out}
+mkdir -p "$OUT" .gpu/runs .gpu/archive
+export ALPHAREG_CACHE_DIR=.gpu/cache ALPHAREG_NO_DOWNLOAD=1 PYTHONUNBUFFERED=1
+export ALPHAREG_GIT_COMMIT=$(cat .gpu/commit 2>/dev/null || echo unknown)
+LOG=$OUT/session.log
+el() { echo $(( $(date +%s) - T0 )); }
+say() { echo "[gpu_chunk $(el)s] $*" | tee -a "$LOG"; }
+
+say "commit $ALPHAREG_GIT_COMMIT, budget ${BUDGET}s, methods $METHODS, $(nproc) cores"
+{ nvidia-smi -L 2>&1; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"; } 2>&1 | tee -a "$LOG"
+
+if [ "$BENCH" = 1 ]; then
+  say "bench_gpu"
+  timeout -k 5 150 python3 -m benchmarks.bench_gpu --steps 1000 --full-steps 10000 \
+      --json "$OUT/engine_gpu.json" 2>&1 | tee -a "$LOG"
+  rc=${PIPESTATUS[0]}
+  dev=$(python3 -c "import json; print(json.load(open('$OUT/engine_gpu.json'))['max_relative_deviation_vs_plain_cpu_loop_1000_steps'])" 2>/dev/null || echo nan)
+  say "bench_gpu rc=$rc, graph path vs plain loop: $dev"
+  if [ "$rc" != 0 ] || ! python3 -c "import sys; sys.exit(0 if float('$dev') <= 1e-8 else 1)"; then
+    export ALPHAREG_CUDA_GRAPHS=0
+    say "CUDA graphs OFF for the runs (bench failed or deviated)"
+  fi
+fi
+
+python3 - <<'EOF' 2>&1 | tee -a "$LOG"
+from pathlib import Path
+from alphareg.archive import restore
+for a in sorted(Path(".gpu/archive").glob("*.tar.gz")):
+    print("restore", a.name, *restore(a.name[:-len(".tar.gz")], ".gpu/runs", ".gpu/archive"))
+EOF
+
+left=$(( BUDGET - 100 - $(el) ))
+say "evidence paper --methods $METHODS for ${left}s"
+hours=$(python3 -c "print(max(0.0, $left / 3600))")
+timeout -k 20 -s INT $(( left + 30 )) python3 -m experiments.evidence paper --methods "$METHODS" \
+    --workers $(echo "$METHODS" | tr , "\n" | wc -l) --hours "$hours" --chunk 10000000 --runs-dir .gpu/runs \
+    --run-args "--device ${DEVICE:-cuda} --ww-per-decade 0" 2>&1 | tee -a "$LOG"
+say "evidence rc=${PIPESTATUS[0]}"
+pkill -INT -f -- "--runs-dir .gpu/runs" && sleep 10
+
+say "HTSR catch-up of the snapshots the monitors had not reached (<= 45 s), figures"
+for r in .gpu/runs/*/; do
+  timeout -k 5 45 python3 -m experiments.report "$r" --no-progress > "${r%/}.report.log" 2>&1 &
+done
+wait
+say "packing"
+python3 - <<'EOF' 2>&1 | tee -a "$LOG"
+# Archives keep the snapshots still unanalysed unless those would not fit what comes back
+# (64 MiB): then they are dropped (their HTSR rows are lost; the training state is complete).
+from pathlib import Path
+from alphareg.archive import SNAPSHOTS, archive_path, members, save
+runs = sorted(p for p in Path(".gpu/runs").iterdir() if p.is_dir())
+snaps = [r / m for r in runs for m in members(r) if m.parts[0] == SNAPSHOTS]
+size = sum(p.stat().st_size for p in snaps)
+print(f"{len(snaps)} snapshots not analysed, {size / 1e6:.1f} MB")
+if size > 15e6:
+    for p in snaps:
+        p.unlink()
+    print("dropped them (too large to bring back)")
+for run in runs:
+    archive_path(".gpu/archive", run.name).unlink(missing_ok=True)
+    print(run.name, *save(run, ".gpu/archive")[1:])
+EOF
+ls -la .gpu/archive | tee -a "$LOG"
+tar cf - -C .gpu archive | split -b 15m - "$OUT/archive.tar.part-"
+tar czf "$OUT/plots_logs.tgz" -C .gpu/runs --exclude snapshots --exclude checkpoint.pt . 2>/dev/null
+say "done"
