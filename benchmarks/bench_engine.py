@@ -63,7 +63,7 @@ def theoretical_gflops(dtype: torch.dtype) -> tuple[float, str]:
 def plain_loop(train, steps: int, dtype: torch.dtype, seed: int = 0, fused: bool = False):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(784, 200, dtype=dtype), nn.ReLU(), nn.Linear(200, 200, dtype=dtype),
-                          nn.ReLU(), nn.Linear(200, 10, dtype=dtype))
+                          nn.ReLU(), nn.Linear(200, 10, dtype=dtype)).to(train.x.device)
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(8.0)
@@ -78,7 +78,7 @@ def plain_loop(train, steps: int, dtype: torch.dtype, seed: int = 0, fused: bool
             for j in range(n // 200):
                 if done == k:
                     break
-                idx = perm[j * 200:(j + 1) * 200]
+                idx = perm[j * 200:(j + 1) * 200].to(train.x.device)
                 loss = nn.functional.mse_loss(model(train.x[idx]), train.onehot[idx])
                 opt.zero_grad()
                 loss.backward()
