@@ -35,26 +35,28 @@ LOCK = ".lock"      # held (flock) by the training process for the life of the r
 
 
 def git_commit() -> str:
-    """Short hash of the checkout (``-dirty`` with uncommitted changes to tracked files); where
-    git cannot answer (a copy of the tree without ``.git``, e.g. on the device machine) the value
-    of ``ALPHAREG_GIT_COMMIT``, else ``unknown``."""
-    fallback = os.environ.get("ALPHAREG_GIT_COMMIT", "unknown")
+    """``ALPHAREG_GIT_COMMIT`` when set (the device machine: its copy of the tree may carry a
+    stale ``.git``, so the caller names the commit), else the short hash of the checkout
+    (``-dirty`` with uncommitted changes to tracked files), else ``unknown``."""
+    if os.environ.get("ALPHAREG_GIT_COMMIT"):
+        return os.environ["ALPHAREG_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parent, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5,
                                cwd=Path(__file__).resolve().parent).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else fallback
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
-        return fallback
+        return "unknown"
 
 
 def provenance() -> dict:
     import torch
     return {"git_commit": git_commit(), "host": socket.gethostname(), "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def check_writable(path: Path) -> None:

@@ -136,8 +136,9 @@ def _fmt_layers(d: dict) -> str:
 
 def _device(run: RunData) -> str:
     dev = run.summary.get("device") or run.cfg.device
-    host = run.provenance.get("host")
-    return f"{dev} ({host})" if host else str(dev)
+    where = (run.provenance.get("accelerator") if str(dev).startswith("cuda") else None) \
+        or run.provenance.get("host")
+    return f"{dev} ({where})" if where else str(dev)
 
 
 def run_rows(path_or_run, rules: PhaseRules | None = None, horizon: int | None = None) -> list[dict]:

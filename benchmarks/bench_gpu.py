@@ -1,6 +1,6 @@
 """GPU figures of issue 6 in one command (also runs on the CPU as a smoke test, without graphs).
 
-    python -m benchmarks.bench_gpu [--device cuda] [--steps 2000] [--full-steps 20000]
+    python -m benchmarks.bench_gpu [--device cuda] [--steps 2000] [--full-steps 20000] [--quick]
                                    [--json reports/benchmarks/engine_gpu.json]
 
 Measured in one process, float64, paper MLP, batch 200:
@@ -10,9 +10,10 @@ Measured in one process, float64, paper MLP, batch 200:
    member-steps/s, ratio, projected time for 10^7 steps, roofline (nominal FLOPs x rate against the
    GPU's float64 peak);
 3. correctness: the graph path (K = 2) against the plain loop on the GPU after 1,000 steps;
-4. a real run (``Trainer.run``: log points, checkpoints, HTSR monitor on) of ``--full-steps``
-   steps, K = 8: member-steps/s with everything on;
+4. a real run (``Trainer.run``: 5 log points per decade, checkpoints, HTSR monitor on, its
+   backlog drained at the end) of ``--full-steps`` steps, K = 8: member-steps/s with everything on;
 5. overhead of the soft-alpha penalty and the controllers (eager path, K = 8) vs ``--method none``.
+Each part prints as it ends; the JSON is written after part 3 and again at the end.
 Nothing needs weightwatcher (``--ww-per-decade 0`` in 4). MNIST comes from alphareg's cache
 (``ALPHAREG_CACHE_DIR``; see README "Running on a GPU").
 """
@@ -76,6 +77,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=2000, help="timed steps per contender and repeat")
     ap.add_argument("--full-steps", type=int, default=20000, help="steps of the real run (part 4)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--quick", action="store_true",
+                    help="parts 1-3 only (speed and correctness; about 30 s on an H200)")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
@@ -92,10 +95,15 @@ def main(argv=None) -> dict:
         label = f"engine {'CUDA graphs' if tr.graphed is not None else 'eager fast path'}, K={K}"
         rows.append({"contender": label, "K": K,
                      "member_steps_per_s": K * rate(tr.train_steps, args.steps, dev)})
+    print(f"{name}, float64, batch 200, 784-200-200-10; {flops / 1e6:.1f} MFLOP per member-step; "
+          f"fp64 peak {peak / 1e12:.1f} TFLOP/s", flush=True)
     for r in rows:
         r["ratio_vs_plain"] = r["member_steps_per_s"] / plain
         r["minutes_for_1e7_steps"] = 1e7 * r["K"] / r["member_steps_per_s"] / 60
         r["fraction_of_fp64_peak"] = r["member_steps_per_s"] * flops / peak
+        print(f"{r['contender']:34s} {r['member_steps_per_s']:12.0f} member-steps/s  x{r['ratio_vs_plain']:6.2f}  "
+              f"{r['minutes_for_1e7_steps']:8.1f} min per 1e7 steps  {r['fraction_of_fp64_peak']:7.2%} of peak",
+              flush=True)
     res["rows"] = rows
 
     # 3. correctness against the plain loop on this device
@@ -105,12 +113,18 @@ def main(argv=None) -> dict:
     cpu_train = paper_data(100, 0, torch.float64, "cpu")[0]
     res["max_relative_deviation_vs_plain_cpu_loop_1000_steps"] = max(
         deviation_from_plain_loop(tr, cpu_train, k, 1000) for k in range(2))
+    print(f"graph path vs plain loop after 1000 steps: max relative deviation "
+          f"{res['max_relative_deviation_vs_plain_cpu_loop_1000_steps']:.2e}", flush=True)
+    save_results(args.json, res)          # kept even if a later part is stopped
+    if args.quick:
+        return res
 
     # 4. a real run with log points, checkpoints and the HTSR monitor
     with tempfile.TemporaryDirectory() as tmp:
         cfg = RunConfig(seeds=tuple(range(8)), device=dev.type, steps=args.full_steps, runs_dir=tmp,
                         name="full", progress=False, ww_per_decade=0, esd_per_decade=0,
-                        plot_minutes=5.0)
+                        plot_minutes=5.0, log_per_decade=5)   # the drained monitor backlog
+        # counts in the wall time: 20 log points per decade kept an H200 run waiting > 100 s
         rd = RunDir(cfg)
         full = Trainer(cfg, rd, data)
         with rd.lock():
@@ -132,13 +146,6 @@ def main(argv=None) -> dict:
     res["hook_overhead_vs_none"] = over
     res["hook_base_member_steps_per_s"] = 8 * base
 
-    print(f"{name}, float64, batch 200, 784-200-200-10; {flops / 1e6:.1f} MFLOP per member-step; "
-          f"fp64 peak {peak / 1e12:.1f} TFLOP/s")
-    for r in rows:
-        print(f"{r['contender']:34s} {r['member_steps_per_s']:12.0f} member-steps/s  x{r['ratio_vs_plain']:6.2f}  "
-              f"{r['minutes_for_1e7_steps']:8.1f} min per 1e7 steps  {r['fraction_of_fp64_peak']:7.2%} of peak")
-    print(f"graph path vs plain loop after 1000 steps: max relative deviation "
-          f"{res['max_relative_deviation_vs_plain_cpu_loop_1000_steps']:.2e}")
     f = res["full_run"]
     print(f"real run K=8, {f['steps']} steps, log points + checkpoints + HTSR monitor: "
           f"{f['member_steps_per_s_all_in']:.0f} member-steps/s -> {f['minutes_for_1e7_steps_all_in']:.1f} min per 1e7")

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,16 +173,21 @@ def test_evidence_cli_restores_from_and_saves_to_the_archive(tmp_path):
     assert r.returncode == 2 and "--archive" in r.stderr and "is a file" in r.stderr
 
 
-def test_git_commit_falls_back_to_the_environment_where_git_cannot_answer(monkeypatch):
-    """On the device machine the tree travels without .git: the commit comes from the env."""
+def test_git_commit_is_the_environment_s_where_set_else_git_s(monkeypatch):
+    """On the device machine the tree may carry a stale .git: the caller's commit wins."""
     import subprocess
 
     from alphareg import rundir
 
+    monkeypatch.setenv("ALPHAREG_GIT_COMMIT", "abc1234")
+    assert rundir.git_commit() == "abc1234"
+    monkeypatch.delenv("ALPHAREG_GIT_COMMIT")
+    here = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(rundir.__file__).parent)
+    if here.returncode == 0:
+        assert rundir.git_commit().split("-")[0] == here.stdout.strip()
+
     def no_git(*a, **k):
         raise FileNotFoundError("git")
     monkeypatch.setattr(subprocess, "run", no_git)
-    monkeypatch.delenv("ALPHAREG_GIT_COMMIT", raising=False)
     assert rundir.git_commit() == "unknown"
-    monkeypatch.setenv("ALPHAREG_GIT_COMMIT", "abc1234")
-    assert rundir.git_commit() == "abc1234"
