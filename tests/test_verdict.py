@@ -226,3 +226,16 @@ def test_members_short_of_the_horizon_are_undecided(runs, tmp_path):
                                                   statistics.stdev([0.7, 0.79, 0.5])))   # seed 3 left out
     assert "(4 seeds, 3 of them at step 10,000, the others short of it (from step 1,000))" in findings_markdown([agg])
     assert "| plain, lr 0.005, wd 0 | 4 (0,1,2,3) | 1000–10000 | 3/4 |" in method_markdown([agg])
+
+
+def test_device_column_names_the_accelerator_of_a_cuda_run_else_the_host():
+    from types import SimpleNamespace
+
+    from alphareg.verdict import _device
+
+    def run(device, **prov):
+        return SimpleNamespace(summary={"device": device}, cfg=SimpleNamespace(device=device), provenance=prov)
+    assert _device(run("cuda", host="vm", accelerator="NVIDIA H200")) == "cuda (NVIDIA H200)"
+    assert _device(run("cuda", host="vm")) == "cuda (vm)"                 # runs made before it was recorded
+    assert _device(run("cpu", host="vm", accelerator="NVIDIA H200")) == "cpu (vm)"
+    assert _device(run("cpu")) == "cpu"
