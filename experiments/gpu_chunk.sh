@@ -49,9 +49,9 @@ fi
 
 python3 - <<'EOF' 2>&1 | tee -a "$LOG"
 from pathlib import Path
-from alphareg.archive import restore
-for a in sorted(Path(".gpu/archive").glob("*.tar.gz")):
-    print("restore", a.name, *restore(a.name[:-len(".tar.gz")], ".gpu/runs", ".gpu/archive"))
+from alphareg.archive import SUFFIX, restore
+for a in sorted(Path(".gpu/archive").glob(f"*{SUFFIX}")):
+    print("restore", a.name, *restore(a.name[:-len(SUFFIX)], ".gpu/runs", ".gpu/archive"))
 EOF
 
 left=$(( BUDGET - 100 - $(el) ))

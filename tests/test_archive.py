@@ -175,8 +175,6 @@ def test_evidence_cli_restores_from_and_saves_to_the_archive(tmp_path):
 
 def test_git_commit_is_the_environment_s_where_set_else_git_s(monkeypatch):
     """On the device machine the tree may carry a stale .git: the caller's commit wins."""
-    import subprocess
-
     from alphareg import rundir
 
     monkeypatch.setenv("ALPHAREG_GIT_COMMIT", "abc1234")

@@ -24,21 +24,18 @@ c=paper_data(100,0,torch.float64,'cpu')[0]; print('dev',max(deviation_from_plain
 
 
 def main():
-    vals = {}
-    it = iter((HERE / "engine_gpu_h200.log").read_text().splitlines())
-    for line in it:
+    vals, engine = {}, {}     # "plain" / "dev" -> value; (K, graphs used) -> member-steps/s
+    for line in (HERE / "engine_gpu_h200.log").read_text().splitlines():
         f = line.split()
-        if f[0] == "plain":
-            vals["plain"] = float(f[1])
-        elif f[0] == "dev":
-            vals["dev"] = float(f[1])
+        if f[0] in ("plain", "dev"):
+            vals[f[0]] = float(f[1])
         else:
-            vals[(int(f[0]), f[2] == "True")] = float(f[3])
+            engine[(int(f[0]), f[2] == "True")] = float(f[3])
     flops, peak = step_flops(), fp64_peak("NVIDIA H200") * 1e12
     plain = vals["plain"]
     rows = [("plain PyTorch loop (nn.Sequential + torch.optim.AdamW)", 1, plain)]
     rows += [(f"engine, {'CUDA graphs of 50 steps' if g else 'eager fast path'}, K={K}", K, v)
-             for (K, g), v in ((k, v) for k, v in vals.items() if isinstance(k, tuple))]
+             for (K, g), v in engine.items()]
     out = ["# GPU figures: NVIDIA H200, float64, paper MLP (784-200-200-10), batch 200",
            "",
            "Measured 2026-11-27 with the device tool (one NVIDIA H200, 16 CPU cores; torch 2.11.0+cu130,",
@@ -64,7 +61,7 @@ def main():
     for run in ("paper_lr5e-4_wd0_s012", "paper_lr5e-4_wd0.01_s012", "paper_lr5e-4_wdctl_t2_s012"):
         s = json.loads((HERE.parent / "verdict" / "paper_preset_h1e5" / "runs" / run / "summary.json").read_text())
         out.append(f"| {run} | {s['step']:,} | {s['wall_time_s']:.0f} | {s['member_steps_per_s']:,.0f} |")
-    lo, hi = vals[(8, True)] / 8, vals[(1, True)]     # steps/s of a population: K = 8 and K = 1
+    lo, hi = engine[(8, True)] / 8, engine[(1, True)]     # steps/s of a population: K = 8 and K = 1
     out += ["", f"With CUDA graphs a K = 3 run would make between {lo:,.0f} and {hi:,.0f} steps/s alone (the K = 8",
             f"and K = 1 rows), i.e. 10^7 steps in {1e7 / hi / 60:.0f}-{1e7 / lo / 60:.0f} minutes of H200 time (3-5 ten-minute",
             "device calls); the α-guided methods run hooks and so stay on the eager path.", ""]
