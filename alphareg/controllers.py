@@ -65,7 +65,10 @@ def _per_member(v):
 
 
 class AlphaController(TrainingHook):
-    """Sets per-layer lr (``kind='lr'``) or wd (``kind='wd'``) from alpha every ``every`` steps."""
+    """Sets per-layer lr (``kind='lr'``) or wd (``kind='wd'``) from alpha every ``every`` steps
+    (before the step's forward pass; reads only weights, so CUDA graphs may run the steps between)."""
+
+    graph_safe = True
 
     def __init__(self, kind: str, rule: str = "anchored", target: float = 2.0, every: int = 200,
                  ema: float = 0.8, band: float = 0.1, gain: float = 1.0,
@@ -137,7 +140,11 @@ class AlphaController(TrainingHook):
                 values[bi].copy_(new)
 
     # ------------------------------------------------------------------ hook
-    def after_backward(self, trainer) -> None:
+    @property
+    def period(self) -> int:
+        return self.every
+
+    def before_step(self, trainer) -> None:
         if trainer.step % self.every == 0:
             self.update(trainer)
 

@@ -7,15 +7,24 @@ AdamW on flat buffers whose bias corrections come from a step counter kept on th
 nothing is synchronised: the host draws the next G batches of every member with the same
 per-member ``EpochSampler`` as the CPU path (so the trajectory is the CPU path's, to round-off),
 copies them into the graph's static index buffer (one pinned, asynchronous copy of G x K x B
-int64) and replays. Evaluation, checkpoints and hooks stay outside the graph, at log points.
+int64) and replays. Evaluation and checkpoints stay outside the graph, at log points; so do the
+hooks, which is why only graph-safe ones are allowed (``alphareg.hooks``: the lr / wd controllers,
+the constant WD and the soft-α penalty, whose ``before_step`` the host calls at a graph's first
+step). lr / wd reach the graph through ``FlatAdamW.refresh``, the penalty's held gradient through
+``refresh_extra`` (a flat buffer the graph adds to the gradient at every step), both before each
+replay.
 
 Used by ``Trainer.train_steps`` when the device is CUDA, ``--engine fast``, ``--optimizer
-adamw``, no training hooks (``--method none``) and no warm-up; otherwise the eager path runs.
+adamw``, no warm-up and only graph-safe hooks (``--method none``, ``penalty``, ``lr_controller``,
+``wd_controller``, ``weight_decay``); otherwise (spectral norm, Grokfast, ⊥Grad, early stopping:
+hooks that change the gradient from step to step or at log points) the eager path runs.
 ``GraphedSteps(..., capture=False)`` runs the identical step function eagerly (tests, CPU).
 """
 from __future__ import annotations
 
 import torch
+
+from .hooks import adds_gradients
 
 
 class FlatAdamW:
@@ -92,11 +101,29 @@ class GraphedSteps:
         self.copied = None        # CUDA event: the last index copy has finished
         self.graph = None
         self.capture = capture and dev.type == "cuda"
+        # hooks that add constant gradients (the soft-α penalty): their sum, in the flat gradient's
+        # layout, is added after every backward inside the graph (``refresh_extra``)
+        self.grad_hooks = [h for h in trainer.hooks if adds_gradients(h)]
+        self.extra = None
 
     def _one_step(self, j: int) -> None:
         tr = self.tr
         tr.fast_step(tr.train_set.onehot, self.sched[j])
+        if self.extra is not None:
+            self.adam.g.add_(self.extra)
         self.adam.step()
+
+    def refresh_extra(self) -> None:
+        """``extra`` <- the sum of the graph-safe hooks' current constant gradient terms
+        (``TrainingHook.graph_grads``; called outside the graph, before each replay)."""
+        if self.extra is None:
+            self.extra = torch.zeros_like(self.adam.g)
+            views = self.extra.split(self.adam.sizes)
+            self.extra_of = {id(p): v.view_as(p) for p, v in zip(self.tr.opt.params, views)}
+        self.extra.zero_()
+        for h in self.grad_hooks:
+            for param, g in h.graph_grads(self.tr):
+                self.extra_of[id(param)].add_(g.to(self.extra.dtype))
 
     def _fill(self) -> None:
         """Next G batches of every member into the static index buffer. The pinned host buffer
@@ -143,6 +170,8 @@ class GraphedSteps:
         if self.adam is None:   # optimizer order: weights, then biases (PopulationMLP)
             self.adam = FlatAdamW(tr.opt, tr.fast_step.grads_w + tr.fast_step.grads_b)
         self.adam.refresh()                     # lr / wd / step count may have moved (eager steps)
+        if self.grad_hooks:
+            self.refresh_extra()
         while n - done >= self.G:
             if self.capture and self.graph is None:
                 self._capture()

@@ -18,6 +18,7 @@ restored.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import signal
 import sys
@@ -60,6 +61,12 @@ def member_losses(out: torch.Tensor, onehot: torch.Tensor, labels: torch.Tensor,
     return ce.view(K, N).mean(1)
 
 
+def graph_length(hooks, longest: int = 50) -> int:
+    """Steps per CUDA graph: the largest divisor of ``longest`` that divides every hook's period
+    (``gcd``), so that a graph started at a multiple of it has no acting hook step inside."""
+    return math.gcd(longest, *(h.period for h in hooks if h.period))
+
+
 class Interrupted(Exception):
     """Raised by :meth:`Trainer.run` after a SIGINT/SIGTERM checkpoint; holds the step."""
 
@@ -95,9 +102,10 @@ class Trainer:
         self.fast_step = self.build_fast_step() if cfg.engine == "fast" else None
         self.graphed = None   # CUDA graphs of whole steps (alphareg.cudagraph), when they apply
         if (self.device.type == "cuda" and self.fast_step is not None and cfg.optimizer == "adamw"
-                and cfg.warmup_steps == 0 and os.environ.get("ALPHAREG_CUDA_GRAPHS", "1") != "0"):
+                and cfg.warmup_steps == 0 and all(h.graph_safe for h in self.hooks)
+                and os.environ.get("ALPHAREG_CUDA_GRAPHS", "1") != "0"):
             from .cudagraph import GraphedSteps
-            self.graphed = GraphedSteps(self)
+            self.graphed = GraphedSteps(self, graph_length(self.hooks))
         self.step = 0
         self.wall_time = 0.0          # seconds spent in this run, summed over resumes
         self.tracker = None           # wandb mirror during run() (alphareg.tracking)
@@ -170,14 +178,22 @@ class Trainer:
         return 1.0 if w <= 0 else min(step / w, 1.0)
 
     def steps_per_call(self) -> int:
-        """Steps the run loop hands to ``train_steps`` at once (a CUDA graph's length, else 1)."""
-        return self.graphed.G if self.graphed is not None and not self.hooks else 1
+        """Steps the run loop hands to ``train_steps`` at once (a CUDA graph's length, else 1);
+        the loop ends each call at a multiple of it, so that graphs start at multiples of G."""
+        return self.graphed.G if self.graphed is not None else 1
 
     def train_steps(self, n: int) -> None:
-        """Advance every member by n optimizer steps (no logging, no checkpoints)."""
-        if self.graphed is not None and not self.hooks:   # hooks need the eager step
-            n -= self.graphed.run(n)
-        for _ in range(n):
+        """Advance every member by n optimizer steps (no logging, no checkpoints). With CUDA
+        graphs, a step at a multiple of G with G steps to go runs as one graph of G steps (every
+        hook is graph-safe and its period a multiple of G: ``alphareg.hooks``), the others eagerly."""
+        G = self.graphed.G if self.graphed is not None else 0
+        while n > 0:
+            for h in self.hooks:
+                h.before_step(self)
+            if G and n >= G and self.step % G == 0:
+                self.graphed.run(G)
+                n -= G
+                continue
             self.forward_backward()
             for h in self.hooks:
                 h.after_backward(self)
@@ -185,6 +201,7 @@ class Trainer:
             self.opt.step()
             self.opt.zero_grad()
             self.step += 1
+            n -= 1
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -346,7 +363,7 @@ class Trainer:
                     chunk = self.steps_per_call()
                     while self.step < p:
                         t = time.perf_counter()
-                        self.train_steps(min(chunk, p - self.step))
+                        self.train_steps(min(chunk - self.step % chunk, p - self.step))
                         self.wall_time += time.perf_counter() - t
                         bar.update(self.step)
                         if self.step == kill_at:

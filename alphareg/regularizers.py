@@ -250,6 +250,7 @@ class SoftAlphaHook(TrainingHook):
     """
 
     name = "penalty"
+    graph_safe = True     # refreshes before the step, then adds the same tensors every step
 
     def __init__(self, penalty: SoftAlphaPenalty, grad_every: int = 20):
         if not grad_every >= 1:
@@ -280,13 +281,23 @@ class SoftAlphaHook(TrainingHook):
                                         [layers[n].param for n in maybe])
         self.grads = {n: g.detach() for n, g, v in zip(maybe, grads, per_layer) if float(v.detach()) > 0}
 
+    @property
+    def period(self) -> int:
+        return self.grad_every
+
+    def before_step(self, trainer) -> None:
+        if trainer.step % self.grad_every == 0:     # reads only the weights (autograd.grad)
+            self._refresh(trainer.model, trainer.step)
+
+    def graph_grads(self, trainer) -> list:
+        if not self.grads:
+            return []
+        return [(layer.param, self.grads[layer.name])
+                for layer in spectral_layers(trainer.model, list(self.grads))]
+
     def after_backward(self, trainer) -> None:
-        model = trainer.model
-        if trainer.step % self.grad_every == 0:
-            self._refresh(model, trainer.step)
-        if self.grads:
-            for layer in spectral_layers(model, list(self.grads)):
-                layer.param.grad.add_(self.grads[layer.name].to(layer.param.grad.dtype))
+        for param, g in self.graph_grads(trainer):
+            param.grad.add_(g.to(param.grad.dtype))
 
     @torch.no_grad()
     def at_log_point(self, trainer, rows):

@@ -9,6 +9,7 @@ from alphareg.hooks import TrainingHook
 
 class WeightDecay(TrainingHook):
     name = "weight_decay"
+    graph_safe = True   # sets the optimizer's wd once, at attach
 
     def __init__(self, wd: float = 0.01):
         if not wd >= 0:

@@ -107,11 +107,87 @@ def test_graphed_step_function_matches_plain_loop_over_1000_steps(paper_split):
     tr.graphed = GraphedSteps(tr, steps_per_graph=40, capture=False)
     assert tr.steps_per_call() == 40
     tr.train_steps(7)          # eager: 7 < 40
-    tr.train_steps(993)        # 24 graph-length chunks + 33 eager steps
+    tr.train_steps(993)        # 33 eager steps to step 40, then 24 graphs starting at multiples of 40
     assert tr.step == 1000 and tr.opt.t == 1000
     for k in range(2):
         rel = deviation_from_plain_loop(tr, paper_split[0], k, 1000)
         assert rel < 1e-11, f"member {k}: relative deviation {rel:g} after 1000 steps"
+
+
+def test_graph_length_divides_every_hook_period():
+    from alphareg.controllers import AlphaController
+    from alphareg.engine import graph_length
+    from baselines.weight_decay import WeightDecay
+    assert graph_length([]) == 50
+    assert graph_length([WeightDecay(0.01)]) == 50                   # period 0: never acts per step
+    assert graph_length([AlphaController("wd", every=200)]) == 50
+    assert graph_length([AlphaController("lr", every=30), AlphaController("wd", every=200)]) == 10
+    assert graph_length([AlphaController("wd", every=7)]) == 1
+
+
+def _graphed_and_eager_runs(tmp_path, paper_split, steps, tol, **kw):
+    """``Trainer.run`` of the same config twice: on the eager path, and with the GPU path's step
+    function (``GraphedSteps(capture=False)``: the graph's kernels, run eagerly on the CPU); the
+    weights must agree to ``tol`` (relative). Returns both trainers and the graph path's (step,
+    length) of every graph it ran."""
+    from alphareg.cudagraph import GraphedSteps
+    from alphareg.engine import graph_length
+    from alphareg.fastmlp import FastMLPStep
+    kw = dict(steps=steps, lr=(5e-3, 2e-3), **kw)
+    eager = _new_trainer(_cfg(tmp_path, "eager", **kw), paper_split)
+    tr = _new_trainer(_cfg(tmp_path, "graphed", **kw), paper_split)
+    assert eager.graphed is None and eager.steps_per_call() == 1
+    tr.fast_step = FastMLPStep(tr.model, paper_split[0].x, 200, "mse", batched=True)
+    tr.graphed = GraphedSteps(tr, graph_length(tr.hooks), capture=False)
+    starts, run = [], tr.graphed.run
+    tr.graphed.run = lambda n: (starts.append((tr.step, n)), run(n))[1]
+    eager.run()
+    tr.run()
+    assert tr.step == eager.step == steps and tr.opt.t == steps
+    assert all(s % tr.graphed.G == 0 and n == tr.graphed.G for s, n in starts)
+    for a, b in zip(_params(tr), _params(eager)):
+        assert ((a - b).abs().max() / b.abs().max()).item() < tol
+    return tr, eager, starts
+
+
+@pytest.mark.parametrize("method", ["wd_controller", "lr_controller"])
+def test_graph_path_runs_a_controller_like_the_eager_path(tmp_path, paper_split, method):
+    """The controllers are graph-safe: the graph path starts every graph at a multiple of
+    G = gcd(50, control_every) = 10, calls the controller at the graph's first step, and ends where
+    the eager path ends: same weights, lr / wd and smoothed alphas to round-off, over log points
+    that are not multiples of G."""
+    tr, eager, starts = _graphed_and_eager_runs(tmp_path, paper_split, 200, 1e-10, method=method,
+                                                control_every=20, deadband=0.0, target_alpha=6.0)
+    assert tr.steps_per_call() == 10
+    assert len(starts) == 15           # 200 steps, log points 1, 2, 3, 6, 10, 18, 32, 56, 100, 178
+    ctl, ref = tr.hooks[0], eager.hooks[0]
+    assert ctl.updates == ref.updates == 10        # steps 0, 20, ..., 180
+    assert torch.allclose(ctl.alpha_ema, ref.alpha_ema, rtol=1e-9, atol=0)
+    values = (lambda t: t.opt.lr) if method == "lr_controller" else (lambda t: t.opt.wd)
+    assert len(set(torch.cat(values(eager)).tolist())) > 2            # the controller moved them
+    for a, b in zip(values(tr), values(eager)):
+        assert torch.allclose(a, b, rtol=1e-9, atol=0)
+
+
+def test_graph_path_adds_the_penalty_gradient_like_the_eager_path(tmp_path, paper_split):
+    """The soft-α penalty is graph-safe: refreshed at graphs' first steps (every
+    ``penalty_grad_every`` = 20 steps, G = 10), its held gradient added inside the graph at every
+    step; with target 6 the layers with α̂ < 6 in some member are penalised, and the weights, the held gradients
+    and the logged α̂ end as on the eager path. (The two paths' AdamW differ by round-off, which
+    this strong penalty amplifies ~10x per 20 steps: 1e-14 at step 20, 6e-12 at 80, 6e-8 at 300.)"""
+    tr, eager, starts = _graphed_and_eager_runs(tmp_path, paper_split, 100, 1e-9, method="penalty",
+                                                target_alpha=6.0, penalty_grad_every=20)
+    assert tr.steps_per_call() == 10 and len(starts) == 6     # 20, 40, 60, 70, 80, 90 (log point 56)
+    pen, ref = tr.hooks[0], eager.hooks[0]
+    assert sorted(ref.grads) == sorted(pen.grads) and "fc1" in ref.grads      # fc1, fc3 at step 80
+    for n, g in ref.grads.items():
+        assert (pen.grads[n] - g).abs().max() <= 1e-9 * g.abs().max()
+    got, want = tr.run_dir.read_metrics(), eager.run_dir.read_metrics()
+    assert [float(r["alpha_hat_fc1"]) for r in got] == pytest.approx([float(r["alpha_hat_fc1"]) for r in want], rel=1e-9)
+    # against no penalty: the held gradient changed the trajectory
+    plain = Trainer(RunConfig(seeds=(0, 1), lr=(5e-3, 2e-3), steps=100, progress=False), data=paper_split)
+    plain.train_steps(100)
+    assert max((a - b).abs().max().item() for a, b in zip(_params(tr), _params(plain))) > 1e-3
 
 
 def test_fast_path_gradients_equal_autograd_with_ce_and_a_hook(paper_split):

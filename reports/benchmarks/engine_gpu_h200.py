@@ -64,7 +64,9 @@ def main():
     lo, hi = engine[(8, True)] / 8, engine[(1, True)]     # steps/s of a population: K = 8 and K = 1
     out += ["", f"With CUDA graphs a K = 3 run would make between {lo:,.0f} and {hi:,.0f} steps/s alone (the K = 8",
             f"and K = 1 rows), i.e. 10^7 steps in {1e7 / hi / 60:.0f}-{1e7 / lo / 60:.0f} minutes of H200 time (3-5 ten-minute",
-            "device calls); the α-guided methods run hooks and so stay on the eager path.", ""]
+            "device calls). In that session every hook ran the eager path; since the eleventh session the lr / wd",
+            "controllers run on CUDA graphs too (graph-safe hooks, `alphareg/hooks.py`; tested on the CPU against the",
+            "eager path, not yet timed on a GPU), the soft-α penalty and the baselines that touch gradients stay eager.", ""]
     (HERE / "engine_gpu_h200.md").write_text("\n".join(out))
 
 
