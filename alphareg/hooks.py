@@ -28,7 +28,7 @@ class TrainingHook:
     """No-op base class. ``trainer`` exposes ``model``, ``opt``, ``step``, ``cfg``."""
 
     name = "hook"
-    graph_safe = False   # True: only a periodic ``before_step`` (see the module docstring)
+    graph_safe = False   # True: a periodic ``before_step``, constant added gradients (module docstring)
     period = 0           # a graph-safe hook's ``before_step`` acts at steps t % period == 0 only
 
     def attach(self, trainer) -> None:
