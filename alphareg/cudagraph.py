@@ -18,9 +18,11 @@ Used by ``Trainer.train_steps`` when the device is CUDA, ``--engine fast``, ``--
 adamw``, no warm-up and only graph-safe hooks (``--method none``, ``penalty``, ``lr_controller``,
 ``wd_controller``, ``weight_decay``); otherwise (spectral norm, Grokfast, ⊥Grad, early stopping:
 hooks that change the gradient from step to step or at log points) the eager path runs.
-``GraphedSteps(..., capture=False)`` runs the identical step function eagerly (tests, CPU).
+``uncaptured(trainer)`` runs the identical step function eagerly on any device (tests, CPU).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -185,3 +187,23 @@ class GraphedSteps:
         tr.opt.t += done
         tr.step += done
         return done
+
+
+def graph_length(hooks, longest: int = 50) -> int:
+    """Steps per CUDA graph: the largest divisor of ``longest`` that divides every hook's period
+    (``gcd``), so that a graph started at a multiple of it has no acting hook step inside."""
+    return math.gcd(longest, *(h.period for h in hooks if h.period))
+
+
+def uncaptured(trainer, steps_per_graph: int | None = None) -> GraphedSteps:
+    """Gives ``trainer`` the graph path without capturing it: its fast step rebuilt batched (one
+    ``bmm`` over the members, as on CUDA) and ``GraphedSteps(capture=False)`` of
+    ``steps_per_graph`` steps (default ``graph_length`` of its hooks) attached as ``graphed``, so
+    ``train_steps`` / ``run`` follow the GPU path's steps on any device (tests, bench_gpu on a CPU)."""
+    from .fastmlp import FastMLPStep
+    cfg = trainer.cfg
+    trainer.fast_step = FastMLPStep(trainer.model, trainer.train_set.x, cfg.batch_size, cfg.loss,
+                                    batched=True)
+    G = steps_per_graph if steps_per_graph is not None else graph_length(trainer.hooks)
+    trainer.graphed = GraphedSteps(trainer, G, capture=False)
+    return trainer.graphed

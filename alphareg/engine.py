@@ -18,7 +18,6 @@ restored.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import signal
 import sys
@@ -61,12 +60,6 @@ def member_losses(out: torch.Tensor, onehot: torch.Tensor, labels: torch.Tensor,
     return ce.view(K, N).mean(1)
 
 
-def graph_length(hooks, longest: int = 50) -> int:
-    """Steps per CUDA graph: the largest divisor of ``longest`` that divides every hook's period
-    (``gcd``), so that a graph started at a multiple of it has no acting hook step inside."""
-    return math.gcd(longest, *(h.period for h in hooks if h.period))
-
-
 class Interrupted(Exception):
     """Raised by :meth:`Trainer.run` after a SIGINT/SIGTERM checkpoint; holds the step."""
 
@@ -104,7 +97,7 @@ class Trainer:
         if (self.device.type == "cuda" and self.fast_step is not None and cfg.optimizer == "adamw"
                 and cfg.warmup_steps == 0 and all(h.graph_safe for h in self.hooks)
                 and os.environ.get("ALPHAREG_CUDA_GRAPHS", "1") != "0"):
-            from .cudagraph import GraphedSteps
+            from .cudagraph import GraphedSteps, graph_length
             self.graphed = GraphedSteps(self, graph_length(self.hooks))
         self.step = 0
         self.wall_time = 0.0          # seconds spent in this run, summed over resumes

@@ -14,8 +14,8 @@ Measured in one process, float64, paper MLP, batch 200:
    eager path with the same hooks after 500 steps;
 4. a real run (``Trainer.run``: 5 log points per decade, checkpoints, HTSR monitor on, its
    backlog drained at the end) of ``--full-steps`` steps, K = 8: member-steps/s with everything on;
-5. overhead of the soft-alpha penalty (eager path) and the controllers (CUDA graphs), K = 8, vs
-   ``--method none`` (CUDA graphs).
+5. overhead of the soft-alpha penalty and the controllers, K = 8, vs ``--method none`` (all on
+   CUDA graphs: graph-safe hooks; the path each ran is printed).
 Each part prints as it ends; the JSON is written after part 3 and again at the end.
 Nothing needs weightwatcher (``--ww-per-decade 0`` in 4). MNIST comes from alphareg's cache
 (``ALPHAREG_CACHE_DIR``; see README "Running on a GPU").
@@ -79,23 +79,21 @@ def trainer(K: int, dev, data, graphs: bool = True, **kw) -> Trainer:
 HOOKS_CHECK = dict(method="penalty+wd_controller", target_alpha=6.0, control_every=50, steps=500)
 
 
-def hooks_graph_vs_eager(dev, data) -> float:
+def hooks_graph_vs_eager(dev, data) -> tuple[float, int]:
     """Max relative deviation of the weights after ``HOOKS_CHECK['steps']`` steps (K = 2, lr 5e-4 /
     1e-3) between the graph path and the eager path on ``dev`` (on the CPU the graph's step function
-    runs uncaptured, as in the tests). On the CPU 2e-11 (round-off, amplified by the penalty)."""
-    from alphareg.cudagraph import GraphedSteps
-    from alphareg.engine import graph_length
-    from alphareg.fastmlp import FastMLPStep
+    runs uncaptured, as in the tests), and the graph length. On the CPU 2e-11 (round-off, amplified
+    by the penalty)."""
+    from alphareg.cudagraph import uncaptured
     kw = {k: v for k, v in HOOKS_CHECK.items() if k != "steps"}
     graphed = trainer(2, dev, data, lr=(5e-4, 1e-3), **kw)
     eager = trainer(2, dev, data, graphs=False, lr=(5e-4, 1e-3), **kw)
     if graphed.graphed is None:           # CPU: the same step function, run eagerly
-        graphed.fast_step = FastMLPStep(graphed.model, data[0].x, 200, "mse", batched=True)
-        graphed.graphed = GraphedSteps(graphed, graph_length(graphed.hooks), capture=False)
+        uncaptured(graphed)
     for tr in (graphed, eager):
         tr.train_steps(HOOKS_CHECK["steps"])
     return max(((a - b).abs().max() / b.abs().max()).item()
-               for a, b in zip(graphed.model.parameters(), eager.model.parameters()))
+               for a, b in zip(graphed.model.parameters(), eager.model.parameters())), graphed.graphed.G
 
 
 def main(argv=None) -> dict:
@@ -142,9 +140,9 @@ def main(argv=None) -> dict:
         deviation_from_plain_loop(tr, cpu_train, k, 1000) for k in range(2))
     print(f"graph path vs plain loop after 1000 steps: max relative deviation "
           f"{res['max_relative_deviation_vs_plain_cpu_loop_1000_steps']:.2e}", flush=True)
-    hooks = hooks_graph_vs_eager(dev, data)
+    hooks, G = hooks_graph_vs_eager(dev, data)
     res["max_relative_deviation_hooks_graph_vs_eager"] = hooks
-    print(f"graph path with graph-safe hooks ({HOOKS_CHECK['method']}, G = 10) vs the eager path after "
+    print(f"graph path with graph-safe hooks ({HOOKS_CHECK['method']}, G = {G}) vs the eager path after "
           f"{HOOKS_CHECK['steps']} steps: max relative deviation {hooks:.2e}", flush=True)
     saved = save_results(args.json, res)          # kept even if a later part is stopped
     if args.quick:
@@ -169,7 +167,7 @@ def main(argv=None) -> dict:
                        "member_steps_per_s_all_in": 8 * args.full_steps / wall,
                        "minutes_for_1e7_steps_all_in": 1e7 / (args.full_steps / wall) / 60}
 
-    # 5. penalty (eager path: it adds gradients) and controllers (graph-safe hooks)
+    # 5. penalty and controllers (graph-safe hooks)
     base = rate(trainer(8, dev, data).train_steps, args.steps // 4, dev)
     over, paths = {}, {}
     for method in ("penalty", "lr_controller", "wd_controller"):

@@ -98,13 +98,11 @@ def test_engine_paths_match_plain_loop_over_1000_steps(paper_split, engine):
 def test_graphed_step_function_matches_plain_loop_over_1000_steps(paper_split):
     """The GPU path's step (batched bmm forward/backward, AdamW with the step count as a tensor,
     G batches drawn ahead) run eagerly on the CPU: the plain loop's trajectory to round-off."""
-    from alphareg.cudagraph import GraphedSteps
-    from alphareg.fastmlp import FastMLPStep
+    from alphareg.cudagraph import uncaptured
     cfg = RunConfig(seeds=(0, 1), lr=(5e-4, 1e-3), wd=(0.0, 0.01), steps=1000, device="cpu",
                     progress=False)
     tr = Trainer(cfg, data=paper_split)
-    tr.fast_step = FastMLPStep(tr.model, paper_split[0].x, 200, "mse", batched=True)
-    tr.graphed = GraphedSteps(tr, steps_per_graph=40, capture=False)
+    uncaptured(tr, steps_per_graph=40)
     assert tr.steps_per_call() == 40
     tr.train_steps(7)          # eager: 7 < 40
     tr.train_steps(993)        # 33 eager steps to step 40, then 24 graphs starting at multiples of 40
@@ -116,7 +114,7 @@ def test_graphed_step_function_matches_plain_loop_over_1000_steps(paper_split):
 
 def test_graph_length_divides_every_hook_period():
     from alphareg.controllers import AlphaController
-    from alphareg.engine import graph_length
+    from alphareg.cudagraph import graph_length
     from baselines.weight_decay import WeightDecay
     assert graph_length([]) == 50
     assert graph_length([WeightDecay(0.01)]) == 50                   # period 0: never acts per step
@@ -127,18 +125,15 @@ def test_graph_length_divides_every_hook_period():
 
 def _graphed_and_eager_runs(tmp_path, paper_split, steps, tol, **kw):
     """``Trainer.run`` of the same config twice: on the eager path, and with the GPU path's step
-    function (``GraphedSteps(capture=False)``: the graph's kernels, run eagerly on the CPU); the
+    function (``cudagraph.uncaptured``: the graph's kernels, run eagerly on the CPU); the
     weights must agree to ``tol`` (relative). Returns both trainers and the graph path's (step,
     length) of every graph it ran."""
-    from alphareg.cudagraph import GraphedSteps
-    from alphareg.engine import graph_length
-    from alphareg.fastmlp import FastMLPStep
+    from alphareg.cudagraph import uncaptured
     kw = dict(steps=steps, lr=(5e-3, 2e-3), **kw)
     eager = _new_trainer(_cfg(tmp_path, "eager", **kw), paper_split)
     tr = _new_trainer(_cfg(tmp_path, "graphed", **kw), paper_split)
     assert eager.graphed is None and eager.steps_per_call() == 1
-    tr.fast_step = FastMLPStep(tr.model, paper_split[0].x, 200, "mse", batched=True)
-    tr.graphed = GraphedSteps(tr, graph_length(tr.hooks), capture=False)
+    uncaptured(tr)
     starts, run = [], tr.graphed.run
     tr.graphed.run = lambda n: (starts.append((tr.step, n)), run(n))[1]
     eager.run()
