@@ -239,3 +239,60 @@ def test_device_column_names_the_accelerator_of_a_cuda_run_else_the_host():
     assert _device(run("cuda", host="vm")) == "cuda (vm)"                 # runs made before it was recorded
     assert _device(run("cpu", host="vm", accelerator="NVIDIA H200")) == "cpu (vm)"
     assert _device(run("cpu")) == "cpu"
+
+
+# ---------------------------------------------------------------------------- across horizons
+def test_overview_puts_each_horizon_beside_the_others(runs, tmp_path):
+    from alphareg.overview import read_folder, steps_label, write_overview
+    short = make_run(tmp_path, "short", [3], [[0.1, 0.5, 0.9, 0.89]], [[6, 5, 4, 3]], steps=STEPS[:4])
+    for h in (1000, 10_000):
+        write_verdict([*runs, short], tmp_path / f"h{h}", horizon=h)
+    cells = write_overview([tmp_path / "h10000", tmp_path / "h1000"], tmp_path / "ov")
+    by = {(c.method, c.horizon): c for c in cells}
+    assert [c.horizon for c in cells] == [1000, 1000, 10_000, 10_000]      # sorted by horizon
+    plain, pen = "plain, lr 0.005, wd 0", "penalty, target_alpha 2, lr 0.005, wd 0"
+    # by step 1000: seed 0 fell 0.9 -> 0.8 (collapsed), seed 1 0.8 -> 0.8, seed 2 still rising, seed 3 at 0.9
+    acc = [0.8, 0.8, 0.9, 0.89]
+    assert (by[plain, 1000].n, by[plain, 1000].collapsed) == (4, 1)
+    assert by[plain, 1000].final == pytest.approx((statistics.fmean(acc), statistics.stdev(acc)))
+    # by step 10^4 seed 2 fell 0.9 -> 0.5 too; seed 3 stopped at 1000: not counted at 10^4
+    acc = [0.7, 0.79, 0.5]
+    assert (by[plain, 10_000].n, by[plain, 10_000].collapsed) == (3, 2)
+    assert by[plain, 10_000].final == pytest.approx((statistics.fmean(acc), statistics.stdev(acc)))
+    assert by[pen, 10_000].final == (0.88, 0.0) and by[pen, 10_000].collapsed == 0
+    assert by[pen, 1000].delta_vs_wd0 == pytest.approx(0.9 - statistics.fmean([0.8, 0.8, 0.9, 0.89]))
+    assert by[pen, 10_000].delta_vs_wd0 == pytest.approx(0.88 - statistics.fmean([0.7, 0.79, 0.5]))
+    assert by[plain, 1000].delta_vs_wd0 is None and by[plain, 1000].plain_wd0
+    # every cell agrees with the verdict folder's own per-method numbers (members that reached it)
+    for h in (1000, 10_000):
+        rows = [r for r in csv.DictReader(open(tmp_path / f"h{h}" / "verdict.csv")) if int(r["steps"]) >= h]
+        for c in read_folder(tmp_path / f"h{h}"):
+            finals = [float(r["final_test_acc"]) for r in rows if r["method"] == c.method]
+            assert c.final[0] == pytest.approx(statistics.fmean(finals)) and c.n == len(finals)
+    md = (tmp_path / "ov" / "overview.md").read_text()
+    assert "| method | 1e3 | 1e4 |" in md
+    assert f"| {plain} | 1/4 | 2/3 |" in md and f"| {pen} | 0/1 | 0/1 |" in md
+    d1, d2 = (0.9 - statistics.fmean([0.8, 0.8, 0.9, 0.89]), 0.88 - statistics.fmean([0.7, 0.79, 0.5]))
+    assert f"| {pen} | {d1:+.3f} | {d2:+.3f} |" in md.split("Δ test accuracy")[1]
+    assert f"no collapsed seed — `{pen}`. Collapsed in every seed — none. Some seeds — `{plain}` (2/3)." in md
+    out = list(csv.DictReader(open(tmp_path / "ov" / "overview.csv")))
+    assert [(r["method"], r["horizon"], r["collapsed"]) for r in out] == [
+        (pen, "1000", "0"), (pen, "10000", "0"), (plain, "1000", "1"), (plain, "10000", "2")]
+    assert (tmp_path / "ov" / "overview_lr0.005.png").stat().st_size > 10_000
+    assert [steps_label(s) for s in (1000, 100_000, 200_000, 125_000, 10**6)] == ["1e3", "1e5", "2e5", "1.25e5", "1e6"]
+
+
+def test_overview_refuses_ambiguous_or_foreign_folders(runs, tmp_path, capsys):
+    from alphareg.overview import overview_cells
+    from experiments.overview import main
+    write_verdict(list(runs), tmp_path / "a", horizon=1000)
+    write_verdict(list(runs), tmp_path / "b", horizon=1000)
+    write_verdict(list(runs), tmp_path / "uncut")
+    with pytest.raises(ValueError, match=r"'plain, lr 0.005, wd 0' at horizon 1000 is in both a and b"):
+        overview_cells([tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(ValueError, match="not cut at one horizon"):
+        overview_cells([tmp_path / "uncut"])
+    with pytest.raises(SystemExit) as e:
+        main([str(runs[0]), "--out", str(tmp_path / "ov")])       # a run directory, not a verdict
+    assert e.value.code == 2 and "no verdict.csv — not a verdict folder" in capsys.readouterr().err
+    assert not (tmp_path / "ov").exists()
