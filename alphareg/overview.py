@@ -9,7 +9,10 @@ Each verdict folder (``alphareg.verdict.write_verdict``) holds every run cut at 
 * late trend b, mean ± sd: slope of test accuracy against log10(step) over the last half decade
   before H (accuracy per decade; < 0 still falling);
 * Δ test accuracy against the plain run (method ``none``, wd 0) at the same lr and H:
-  mean(m) − mean(plain) — what the method bought over doing nothing, at that horizon.
+  mean(m) − mean(plain) — what the method bought over doing nothing, at that horizon;
+* cost: training seconds per 10^5 member-steps, s = wall time to H / K / H · 10^5 (a run's wall
+  time is shared by its K members), mean over the members, and its ratio to the plain wd-0 run's
+  at the same lr and H (wall times of runs that shared a machine with others: indicative).
 
 A (method, horizon) pair found in two folders is an error (the overview would have to pick one):
 pass the folders that make one consistent picture. Nothing is typed in: every cell is read from
@@ -25,7 +28,8 @@ from pathlib import Path
 from .verdict import _ms, _stats
 
 OVERVIEW_COLUMNS = ("lr", "method", "horizon", "folder", "n", "collapsed", "final_test_acc_mean",
-                    "final_test_acc_sd", "late_trend_mean", "late_trend_sd", "delta_vs_wd0")
+                    "final_test_acc_sd", "late_trend_mean", "late_trend_sd", "delta_vs_wd0",
+                    "seconds_per_1e5_member_steps", "cost_vs_wd0")
 
 
 @dataclass
@@ -40,11 +44,19 @@ class Cell:
     collapsed: int
     final: tuple[float, float]
     trend: tuple[float, float] | None
+    cost: float | None                 # training seconds per 10^5 member-steps
     delta_vs_wd0: float | None = None
+    cost_vs_wd0: float | None = None
 
 
 def _float(v: str) -> float | None:
     return None if v in ("", None) else float(v)
+
+
+def _cost(rows: list[dict]) -> float | None:
+    per = [float(r["wall_time_s"]) / int(r["K"]) / int(r["steps"]) * 1e5
+           for r in rows if r["wall_time_s"] not in ("", None) and int(r["steps"]) > 0]
+    return sum(per) / len(per) if per else None
 
 
 def read_folder(folder: str | Path) -> list[Cell]:
@@ -74,7 +86,8 @@ def read_folder(folder: str | Path) -> list[Cell]:
                           horizon=horizon, folder=folder.name, n=len(rs),
                           collapsed=sum(r["collapsed"] == "True" for r in rs),
                           final=_stats(_float(r["final_test_acc"]) for r in rs),
-                          trend=_stats(_float(r["late_trend"]) for r in rs)))
+                          trend=_stats(_float(r["late_trend"]) for r in rs),
+                          cost=_cost(rs)))
     return cells
 
 
@@ -90,10 +103,13 @@ def overview_cells(folders) -> list[Cell]:
                                  "pass only one of them")
             seen[key] = c.folder
             cells.append(c)
-    ref = {(c.lr, c.horizon): c.final[0] for c in cells if c.plain_wd0}
+    ref = {(c.lr, c.horizon): c for c in cells if c.plain_wd0}
     for c in cells:
-        if not c.plain_wd0 and (c.lr, c.horizon) in ref:
-            c.delta_vs_wd0 = c.final[0] - ref[(c.lr, c.horizon)]
+        r = ref.get((c.lr, c.horizon))
+        if r is not None and not c.plain_wd0:
+            c.delta_vs_wd0 = c.final[0] - r.final[0]
+            if c.cost and r.cost:
+                c.cost_vs_wd0 = c.cost / r.cost
     return sorted(cells, key=lambda c: c.horizon)   # stable: methods in the shortest horizon's order
 
 
@@ -143,6 +159,11 @@ def overview_markdown(cells: list[Cell]) -> str:
         out += ["", "**Δ test accuracy against plain WD = 0** at the same lr and horizon (mean − mean)", ""]
         out += _matrix(cs, horizons, lambda c: "ref." if c.plain_wd0 else
                        ("–" if c.delta_vs_wd0 is None else f"{c.delta_vs_wd0:+.3f}"))
+        out += ["", "**Cost: wall time per member-step ÷ plain WD = 0's** at the same lr and horizon "
+                "(runs shared a machine with other runs: indicative; clean per-step overheads in "
+                "`reports/benchmarks/`)", ""]
+        out += _matrix(cs, horizons, lambda c: "ref." if c.plain_wd0 else
+                       ("–" if c.cost_vs_wd0 is None else f"×{c.cost_vs_wd0:.2f}"))
         out.append("")
     return "\n".join(out)
 
@@ -204,7 +225,9 @@ def write_overview(folders, out_dir: str | Path) -> list[Cell]:
             w.writerow([c.lr, c.method, c.horizon, c.folder, c.n, c.collapsed, f"{c.final[0]:.6g}",
                         f"{c.final[1]:.3g}", "" if c.trend is None else f"{c.trend[0]:.6g}",
                         "" if c.trend is None else f"{c.trend[1]:.3g}",
-                        "" if c.delta_vs_wd0 is None else f"{c.delta_vs_wd0:.6g}"])
+                        "" if c.delta_vs_wd0 is None else f"{c.delta_vs_wd0:.6g}",
+                        "" if c.cost is None else f"{c.cost:.6g}",
+                        "" if c.cost_vs_wd0 is None else f"{c.cost_vs_wd0:.4g}"])
     for lr in {c.lr for c in cells}:
         plot_overview([c for c in cells if c.lr == lr], out / figure_name(lr))
     return cells

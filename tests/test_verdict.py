@@ -263,6 +263,10 @@ def test_overview_puts_each_horizon_beside_the_others(runs, tmp_path):
     assert by[pen, 1000].delta_vs_wd0 == pytest.approx(0.9 - statistics.fmean([0.8, 0.8, 0.9, 0.89]))
     assert by[pen, 10_000].delta_vs_wd0 == pytest.approx(0.88 - statistics.fmean([0.7, 0.79, 0.5]))
     assert by[plain, 1000].delta_vs_wd0 is None and by[plain, 1000].plain_wd0
+    # cost: wall time (3 s at step 1000, 4 s at 10^4) / K / steps · 10^5; wd0_s01 trains K = 2
+    assert by[plain, 1000].cost == pytest.approx(statistics.fmean([150, 150, 300, 300]))
+    assert by[pen, 1000].cost_vs_wd0 == pytest.approx(300 / 225)
+    assert by[pen, 10_000].cost_vs_wd0 == pytest.approx(40 / statistics.fmean([20, 20, 40]))
     # every cell agrees with the verdict folder's own per-method numbers (members that reached it)
     for h in (1000, 10_000):
         rows = [r for r in csv.DictReader(open(tmp_path / f"h{h}" / "verdict.csv")) if int(r["steps"]) >= h]
@@ -274,6 +278,7 @@ def test_overview_puts_each_horizon_beside_the_others(runs, tmp_path):
     assert f"| {plain} | 1/4 | 2/3 |" in md and f"| {pen} | 0/1 | 0/1 |" in md
     d1, d2 = (0.9 - statistics.fmean([0.8, 0.8, 0.9, 0.89]), 0.88 - statistics.fmean([0.7, 0.79, 0.5]))
     assert f"| {pen} | {d1:+.3f} | {d2:+.3f} |" in md.split("Δ test accuracy")[1]
+    assert f"| {pen} | ×1.33 | ×1.50 |" in md.split("Cost:")[1]
     assert f"no collapsed seed — `{pen}`. Collapsed in every seed — none. Some seeds — `{plain}` (2/3)." in md
     out = list(csv.DictReader(open(tmp_path / "ov" / "overview.csv")))
     assert [(r["method"], r["horizon"], r["collapsed"]) for r in out] == [
