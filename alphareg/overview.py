@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .verdict import _ms, _stats
+from .verdict import _ms, _stats, seconds_per_1e5_member_steps
 
 OVERVIEW_COLUMNS = ("lr", "method", "horizon", "folder", "n", "collapsed", "final_test_acc_mean",
                     "final_test_acc_sd", "late_trend_mean", "late_trend_sd", "delta_vs_wd0",
@@ -54,9 +54,9 @@ def _float(v: str) -> float | None:
 
 
 def _cost(rows: list[dict]) -> float | None:
-    per = [float(r["wall_time_s"]) / int(r["K"]) / int(r["steps"]) * 1e5
-           for r in rows if r["wall_time_s"] not in ("", None) and int(r["steps"]) > 0]
-    return sum(per) / len(per) if per else None
+    """Mean training seconds per 10^5 member-steps over ``rows`` (verdict.csv rows, strings)."""
+    per = _stats(seconds_per_1e5_member_steps(r["wall_time_s"], r["K"], r["steps"]) for r in rows)
+    return per[0] if per else None
 
 
 def read_folder(folder: str | Path) -> list[Cell]:

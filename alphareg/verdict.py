@@ -196,6 +196,16 @@ def _stats(vals) -> tuple[float, float] | None:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
+def seconds_per_1e5_member_steps(wall_time_s, K, steps) -> float | None:
+    """Training cost of one member: wall_time_s / K / steps · 10^5 seconds per 10^5 steps (a run's wall
+    time is shared by its K batched members). None without a wall time (missing, "" or 0) or without steps.
+    Accepts numbers or the strings of a verdict.csv row."""
+    wall = None if wall_time_s in ("", None) else float(wall_time_s)
+    if not wall or not int(steps):
+        return None
+    return wall / int(K) / int(steps) * 1e5
+
+
 def method_rows(rows: list[dict]) -> list[dict]:
     """Rows grouped by ``method`` (order of first appearance): counts and mean ± sd."""
     groups: dict[str, list[dict]] = {}
@@ -221,9 +231,8 @@ def method_rows(rows: list[dict]) -> list[dict]:
         for key in ("test_acc_1e6", "test_acc_1e7"):   # only when every member got there
             vals = [r.get(key) for r in rs]
             agg[key] = _stats(vals) if all(v is not None for v in vals) else None
-        # cost: training seconds per member and 10^5 steps (a run's wall time is shared by its K)
         agg["seconds_per_1e5_member_steps"] = _stats(
-            r["wall_time_s"] / r["K"] / max(r["steps"], 1) * 1e5 for r in done if r["wall_time_s"])
+            seconds_per_1e5_member_steps(r["wall_time_s"], r["K"], r["steps"]) for r in done)
         out.append(agg)
     return out
 

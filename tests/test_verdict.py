@@ -241,6 +241,15 @@ def test_device_column_names_the_accelerator_of_a_cuda_run_else_the_host():
     assert _device(run("cpu")) == "cpu"
 
 
+def test_cost_per_member_step_shares_the_wall_time_among_the_batched_members():
+    from alphareg.verdict import seconds_per_1e5_member_steps as cost
+    assert cost(300.0, 3, 50_000) == pytest.approx(200.0)          # 300 s / 3 members / 50,000 steps · 10^5
+    assert cost("300.0", "3", "50000") == pytest.approx(200.0)     # the strings of a verdict.csv row
+    assert cost(120.0, 1, 10**6) == pytest.approx(12.0)
+    for wall, steps in (("", 1000), (None, 1000), (0.0, 1000), (300.0, 0)):
+        assert cost(wall, 3, steps) is None
+
+
 # ---------------------------------------------------------------------------- across horizons
 def test_overview_puts_each_horizon_beside_the_others(runs, tmp_path):
     from alphareg.overview import read_folder, steps_label, write_overview
