@@ -275,9 +275,11 @@ def progress_table(runs: list[PlannedRun], runs_dir: str, target: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def commands_markdown(runs: list[PlannedRun], runs_dir: str, target: int) -> str:
+def commands_markdown(runs: list[PlannedRun], runs_dir: str, target: int,
+                      command_runs_dir: str | None = None) -> str:
     """Each started run: the command that trains it (rerun = resume; a fresh runs_dir retrains it
-    from step 0), the commit that created it, and how far it got."""
+    from step 0), the commit that created it, and how far it got. ``command_runs_dir`` — the
+    ``--runs-dir`` the commands name, when ``runs_dir`` holds copies (default: ``runs_dir``)."""
     lines = ["| run | command (add `--steps N`; re-running resumes) | created at commit | steps reached |",
              "|---|---|---|---|"]
     for r in runs:
@@ -285,6 +287,6 @@ def commands_markdown(runs: list[PlannedRun], runs_dir: str, target: int) -> str
         if not cfg.is_file():
             continue
         commit = json.loads(cfg.read_text()).get("provenance", {}).get("git_commit", "?")
-        cmd = " ".join(["python", *r.command(target, runs_dir)[1:]])
+        cmd = " ".join(["python", *r.command(target, command_runs_dir or runs_dir)[1:]])
         lines.append(f"| {r.name} | `{cmd}` | {commit} | {progress(runs_dir, r):,} |")
     return "\n".join(lines) + "\n"

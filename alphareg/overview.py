@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .verdict import _ms, _stats, seconds_per_1e5_member_steps
+from .verdict import _ms, _stats, folder_horizon, seconds_per_1e5_member_steps
 
 OVERVIEW_COLUMNS = ("lr", "method", "horizon", "folder", "n", "collapsed", "final_test_acc_mean",
                     "final_test_acc_sd", "late_trend_mean", "late_trend_sd", "delta_vs_wd0",
@@ -66,13 +66,9 @@ def read_folder(folder: str | Path) -> list[Cell]:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder}: no {name} — not a verdict folder "
                                     "(write one with experiments.evidence --verdict DIR or experiments.report --verdict DIR)")
+    horizon = folder_horizon(folder, required=True)
     with open(folder / "methods.csv", newline="") as f:
         methods = list(csv.DictReader(f))
-    horizons = {m["horizon"] for m in methods}
-    if len(horizons) != 1 or "" in horizons:
-        raise ValueError(f"{folder}: its runs are not cut at one horizon (methods.csv horizon = {sorted(horizons)}); "
-                         "build it with --horizon STEPS")
-    horizon = int(horizons.pop())
     name_of = {m["method"]: m["method_name"] for m in methods}
     with open(folder / "verdict.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["steps"]) >= horizon]

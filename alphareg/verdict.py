@@ -508,6 +508,23 @@ def _member_mean(df, col: str):
 RUN_FILES = (CONFIG, METRICS, HTSR, SUMMARY, "phases.csv", "tables.md")
 
 
+def folder_horizon(folder: str | Path, required: bool = False) -> int | None:
+    """The step every run of a verdict folder is cut at (its ``methods.csv`` column ``horizon``);
+    None for a folder written without ``horizon`` (an error with ``required``). A folder whose
+    methods have different horizons, or no ``methods.csv``, is an error."""
+    path = Path(folder) / "methods.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no methods.csv — not a verdict folder (write one with "
+                                "experiments.evidence --verdict DIR or experiments.report --verdict DIR)")
+    with open(path, newline="") as f:
+        horizons = {r["horizon"] for r in csv.DictReader(f)}
+    if len(horizons) != 1 or (required and "" in horizons):
+        raise ValueError(f"{folder}: its runs are not cut at one horizon (methods.csv horizon = {sorted(horizons)}); "
+                         "build it with --horizon STEPS")
+    h = horizons.pop()
+    return int(h) if h else None
+
+
 def copy_run_files(runs, dest: Path) -> None:
     """Copy each run's ``RUN_FILES`` to ``dest/<run name>/`` so the verdict can be rebuilt from
     committed files alone (``experiments.report dest/* --verdict ...``)."""

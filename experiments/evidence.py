@@ -6,6 +6,8 @@ within a time budget, then the verdict rebuilt from what the runs reached.
     python -m experiments.evidence fast --list                 # progress of every planned run
     python -m experiments.evidence fast --methods wdctl_opt    # Optuna study, then its best trial
     python -m experiments.evidence fast --hours 0 --verdict reports/verdict/fast_preset
+    python -m experiments.evidence fast --methods wd0,penalty_t2 --hours 0 \
+        --verdict reports/verdict/fast_preset_h8e5 --add      # a committed folder gains the penalty
 
 Repeat the same command every session: each run resumes from its checkpoint; the least advanced
 runs go first, each to the next multiple of --chunk steps. Ctrl-C / SIGTERM stops every run at a
@@ -55,12 +57,19 @@ def main(argv=None) -> int:
                         "--verdict), with the runs' tables and summaries (not checkpoints) in DIR/runs/ "
                         "and their commands in DIR/runs.md")
     p.add_argument("--horizon", type=int, default=None, help="with --verdict: cut every run at this step")
+    p.add_argument("--add", action="store_true",
+                   help="with --verdict: DIR is a verdict folder already; keep the run copies it holds "
+                        "(DIR/runs/) and their rows as they are, add the runs of --methods it lacks, cut at "
+                        "its horizon; refused, nothing written, if a line of its verdict.csv / methods.csv "
+                        "would change (alphareg/compose.py). --methods must name every method it holds")
     a = p.parse_args(argv)
     if a.hours < 0:
         p.error(f"--hours must be >= 0, got {a.hours}")
     for flag, v in (("--workers", a.workers), ("--threads", a.threads), ("--chunk", a.chunk), ("--steps", a.steps), ("--horizon", a.horizon)):
         if v is not None and v < 1:
             p.error(f"{flag} must be >= 1, got {v}")
+    if a.add and not a.verdict:
+        p.error("--add needs --verdict DIR (the verdict folder that gains runs)")
     methods = a.methods.split(",") if a.methods else None
     archiving = a.archive and not a.list
     if archiving:
@@ -113,6 +122,8 @@ def main(argv=None) -> int:
             if archive.save_file(study_db(a.preset, key), Path(a.archive) / "studies"):
                 log(f"study of {key} archived to {a.archive}/studies")
     print(progress_table(runs, a.runs_dir, target))
+    if a.verdict and a.add:
+        return add_to_verdict(p, a, runs, target, code)
     if a.verdict:
         from alphareg.verdict import write_verdict
         started = [Path(a.runs_dir) / r.name for r in runs if (Path(a.runs_dir) / r.name / "metrics.csv").is_file()]
@@ -122,6 +133,28 @@ def main(argv=None) -> int:
         (Path(a.verdict) / "runs.md").write_text(commands_markdown(runs, a.runs_dir, target))
         write_study_reports(a.preset, list(dict.fromkeys(r.method for r in runs)), a.verdict)
         log(f"verdict of {len(started)} runs written to {a.verdict}")
+    return code
+
+
+def add_to_verdict(p: argparse.ArgumentParser, a: argparse.Namespace, runs, target: int, code: int) -> int:
+    """--verdict DIR --add: the folder gains the plan's runs it lacks (alphareg.compose.add_runs)."""
+    from alphareg.compose import add_runs
+    folder = Path(a.verdict)
+    held = {d.name for d in (folder / "runs").iterdir() if d.is_dir()} if (folder / "runs").is_dir() else set()
+    unnamed = sorted(held - {r.name for r in runs})
+    if unnamed:
+        p.error(f"--add: {folder} holds runs that --methods does not name: {', '.join(unnamed)} "
+                "(name every method the folder holds, and the ones to add)")
+    dirs = [Path(a.runs_dir) / r.name for r in runs
+            if r.name in held or (Path(a.runs_dir) / r.name / "metrics.csv").is_file()]
+    try:
+        added = add_runs(folder, dirs, a.horizon)
+    except (ValueError, FileNotFoundError) as e:
+        p.error(f"--verdict {a.verdict} --add: {e}")
+    shown = [r for r in runs if (folder / "runs" / r.name).is_dir()]
+    (folder / "runs.md").write_text(commands_markdown(shown, str(folder / "runs"), target, command_runs_dir=a.runs_dir))
+    write_study_reports(a.preset, list(dict.fromkeys(r.method for r in shown)), a.verdict)
+    log(f"{folder}: added {', '.join(added)}; the {len(held)} runs it held and their rows are unchanged")
     return code
 
 

@@ -310,3 +310,65 @@ def test_overview_refuses_ambiguous_or_foreign_folders(runs, tmp_path, capsys):
         main([str(runs[0]), "--out", str(tmp_path / "ov")])       # a run directory, not a verdict
     assert e.value.code == 2 and "no verdict.csv — not a verdict folder" in capsys.readouterr().err
     assert not (tmp_path / "ov").exists()
+
+
+# ---------------------------------------------------------------------------- a folder gains runs
+
+def test_a_verdict_folder_gains_runs_and_keeps_the_ones_it_holds(tmp_path, monkeypatch, capsys):
+    """experiments.evidence --verdict DIR --add (alphareg.compose): the held run copies, not the live
+    run directories, give the old rows; the new run's rows are what a fresh verdict of the copies
+    plus the new run gives; refusals leave the folder as it was."""
+    import shutil
+
+    import experiments.evidence as evidence
+    monkeypatch.chdir(tmp_path)
+    live = tmp_path / "runs"
+    make_run(live, "fast_lr5e-3_wd0_s01", [0, 1], [[0.1, 0.5, 0.9, 0.8, 0.7], [0.1, 0.4, 0.8, 0.8, 0.79]],
+             [[6, 5, 1.9, 1.8, 1.5], [6, 5, 4, 3, 2.5]])
+    make_run(live, "fast_lr5e-3_wd0_s2", [2], [[0.1, 0.3, 0.6, 0.9, 0.5]], [[6, 5, 4, 3, 2]])
+    assert evidence.main(["fast", "--methods", "wd0", "--hours", "0", "--verdict", "v", "--horizon", "1000"]) == 0
+    old = {n: (tmp_path / "v" / n).read_text().splitlines() for n in ("verdict.csv", "methods.csv")}
+    held = (tmp_path / "v" / "runs" / "fast_lr5e-3_wd0_s01" / "metrics.csv").read_bytes()
+    # the live run is re-run meanwhile (other numbers); the penalty reaches the horizon, mid-write
+    shutil.rmtree(live / "fast_lr5e-3_wd0_s01")
+    make_run(live, "fast_lr5e-3_wd0_s01", [0, 1], [[0.1, 0.2, 0.3, 0.4, 0.5]] * 2, [[6, 5, 4, 3, 2]] * 2)
+    pen = make_run(live, "fast_lr5e-3_penalty_t2_s01", [0, 1], [[0.1, 0.5, 0.9, 0.9, 0.88], [0.1, 0.6, 0.7, 0.6, 0.6]],
+                   [[6, 5, 2.5, 2.2, 2.1]] * 2, method="penalty")
+    whole = (pen / "metrics.csv").read_bytes()
+    with open(pen / "metrics.csv", "a") as f:
+        f.write("1")                                     # a row being written: dropped, not read as step 1
+    assert evidence.main(["fast", "--methods", "wd0,penalty_t2", "--hours", "0", "--verdict", "v", "--add"]) == 0
+    assert "added fast_lr5e-3_penalty_t2_s01; the 2 runs it held" in capsys.readouterr().err
+    new = {n: (tmp_path / "v" / n).read_text().splitlines() for n in ("verdict.csv", "methods.csv")}
+    for n in old:
+        assert set(old[n]) <= set(new[n])
+    assert len(new["verdict.csv"]) == 1 + 3 + 2 and len(new["methods.csv"]) == 1 + 2
+    assert (tmp_path / "v" / "runs" / "fast_lr5e-3_wd0_s01" / "metrics.csv").read_bytes() == held
+    assert (tmp_path / "v" / "runs" / "fast_lr5e-3_penalty_t2_s01" / "metrics.csv").read_bytes() == whole
+    # the same as a verdict written afresh from the copies plus the new run, cut at the folder's horizon
+    fresh = write_verdict([tmp_path / "v" / "runs" / n for n in
+                           ("fast_lr5e-3_wd0_s01", "fast_lr5e-3_wd0_s2", "fast_lr5e-3_penalty_t2_s01")],
+                          tmp_path / "fresh", horizon=1000)
+    assert (tmp_path / "fresh" / "verdict.csv").read_text() == (tmp_path / "v" / "verdict.csv").read_text()
+    assert [r["final_test_acc"] for r in fresh][3:] == [0.9, 0.6]     # the penalty at step 1000
+    runs_md = (tmp_path / "v" / "runs.md").read_text()
+    assert "--name fast_lr5e-3_penalty_t2_s01 --runs-dir runs --no-progress" in runs_md
+    assert "| fast_lr5e-3_penalty_t2_s01 |" in runs_md and runs_md.count("| 10,000 |") == 3
+
+    def refused(args, message):
+        before = {p: p.read_bytes() for p in (tmp_path / "v").rglob("*") if p.is_file()}
+        with pytest.raises(SystemExit) as e:
+            evidence.main(["fast", "--hours", "0", *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err, err
+        assert {p: p.read_bytes() for p in (tmp_path / "v").rglob("*") if p.is_file()} == before
+    refused(["--methods", "wd0,penalty_t2", "--verdict", "v", "--add"], "nothing to add")
+    refused(["--methods", "penalty_t2", "--verdict", "v", "--add"],
+            "holds runs that --methods does not name: fast_lr5e-3_wd0_s01, fast_lr5e-3_wd0_s2")
+    make_run(live, "fast_lr5e-3_wd0.02_s012", [0, 1, 2], [[0.1, 0.5, 0.9, 0.9, 0.9]] * 3, [[6, 5, 3, 3, 3]] * 3, wd=0.02)
+    every = ["--methods", "wd0,wd0.02,penalty_t2", "--verdict", "v", "--add"]
+    refused([*every, "--horizon", "100"], "is cut at step 1000, not 100")
+    refused(["--methods", "wd0", "--add"], "--add needs --verdict DIR")
+    lines = (tmp_path / "v" / "verdict.csv").read_text().splitlines()
+    (tmp_path / "v" / "verdict.csv").write_text("\n".join([lines[0], lines[1].replace("0.9", "0.95", 1), *lines[2:]]) + "\n")
+    refused(every, "verdict.csv: 1 line(s) would change, nothing written")

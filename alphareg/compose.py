@@ -1,0 +1,85 @@
+"""A committed verdict folder gains runs without touching the ones it holds.
+
+A verdict folder (``write_verdict(..., copy_runs=True)``) keeps the tables of every run it was
+built from in ``<folder>/runs/<run>/``. When a method reaches the folder's horizon later, the
+folder is rebuilt from those copies — never from the live run directories, which may since have
+been re-run or resumed by another engine — plus the new runs' tables, cut at the same horizon:
+
+    rows(new folder) = rows(held copies) ∪ rows(new runs)
+
+and refused, with nothing written, unless every line of the old ``verdict.csv`` and ``methods.csv``
+is in the new one byte for byte (the held rows are recomputed by the current code: the check also
+catches a change of the verdict's own rules since the folder was built).
+
+    python -m experiments.evidence fast --methods wd0,penalty_t2 --hours 0 \\
+        --verdict reports/verdict/fast_preset_h8e5 --add
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from .monitor import HTSR
+from .rundir import METRICS
+from .verdict import copy_run_files, folder_horizon, write_verdict
+
+
+class VerdictWouldChange(ValueError):
+    """Adding runs would change rows the folder already holds."""
+
+
+def drop_partial_last_line(table: Path) -> bool:
+    """Remove a last line without its newline (a table read while its run is still writing it);
+    True when one was removed."""
+    if not table.is_file():
+        return False
+    data = table.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return False
+    table.write_bytes(data[:data.rfind(b"\n") + 1])
+    return True
+
+
+def add_runs(folder: str | Path, runs, horizon: int | None = None) -> list[str]:
+    """Rebuild the verdict ``folder`` from the run copies it holds plus ``runs`` it does not hold.
+
+    ``runs`` — run directories in the order the rebuilt tables should list them; one whose name is
+    already in ``folder/runs/`` is taken from that copy, not from the path given; copies the folder
+    holds that ``runs`` does not name are kept too (after the others). ``horizon`` — default: the
+    folder's own; another one is refused. Returns the names of the runs added. Raises
+    ``VerdictWouldChange`` (folder untouched) when an old line of verdict.csv / methods.csv is missing
+    from the rebuilt one, ``ValueError`` when there is nothing to add or the folder is not a verdict
+    folder with run copies."""
+    folder = Path(folder)
+    own = folder_horizon(folder)
+    for name in ("verdict.csv", "runs"):
+        if not (folder / name).exists():
+            raise FileNotFoundError(f"{folder}: no {name} — not a verdict folder with run copies "
+                                    "(write one with experiments.evidence --verdict DIR)")
+    if horizon is None:
+        horizon = own
+    elif horizon != own:
+        raise ValueError(f"{folder} is cut at step {own}, not {horizon}: its rows would change")
+    held = {d.name: d for d in sorted((folder / "runs").iterdir()) if d.is_dir()}
+    runs = [Path(r) for r in runs]
+    new = [r for r in runs if r.name not in held]
+    if not new:
+        raise ValueError(f"nothing to add: {folder}/runs/ already holds every run given "
+                         f"({', '.join(r.name for r in runs) or 'none'})")
+    order = [held.get(r.name, r) for r in runs] + [d for n, d in held.items() if n not in {r.name for r in runs}]
+    with tempfile.TemporaryDirectory(prefix="alphareg-compose-") as tmp:
+        stage, out = Path(tmp) / "runs", Path(tmp) / "out"
+        copy_run_files(order, stage)
+        for r in new:
+            for table in (METRICS, HTSR):
+                drop_partial_last_line(stage / r.name / table)
+        write_verdict([stage / r.name for r in order], out, horizon=horizon, copy_runs=True)
+        for name in ("verdict.csv", "methods.csv"):
+            kept = set((out / name).read_text().splitlines())
+            missing = [line for line in (folder / name).read_text().splitlines() if line not in kept]
+            if missing:
+                raise VerdictWouldChange(
+                    f"{folder}/{name}: {len(missing)} line(s) would change, nothing written; first: {missing[0][:200]}")
+        shutil.copytree(out, folder, dirs_exist_ok=True)
+    return [r.name for r in new]
