@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from .monitor import HTSR
-from .rundir import METRICS
+from .rundir import METRICS, last_step
 from .verdict import copy_run_files, folder_horizon, write_verdict
 
 
@@ -49,8 +49,8 @@ def add_runs(folder: str | Path, runs, horizon: int | None = None) -> list[str]:
     holds that ``runs`` does not name are kept too (after the others). ``horizon`` — default: the
     folder's own; another one is refused. Returns the names of the runs added. Raises
     ``VerdictWouldChange`` (folder untouched) when an old line of verdict.csv / methods.csv is missing
-    from the rebuilt one, ``ValueError`` when there is nothing to add or the folder is not a verdict
-    folder with run copies."""
+    from the rebuilt one; ``ValueError`` when there is nothing to add or a new run is short of the
+    horizon; ``FileNotFoundError`` when the folder is not a verdict folder with run copies."""
     folder = Path(folder)
     own = folder_horizon(folder)
     for name in ("verdict.csv", "runs"):
@@ -67,6 +67,10 @@ def add_runs(folder: str | Path, runs, horizon: int | None = None) -> list[str]:
     if not new:
         raise ValueError(f"nothing to add: {folder}/runs/ already holds every run given "
                          f"({', '.join(r.name for r in runs) or 'none'})")
+    short = [f"{r.name} (step {last_step(r):,})" for r in new if horizon is not None and last_step(r) < horizon]
+    if short:
+        raise ValueError(f"short of the folder's horizon {horizon:,}: {', '.join(short)} — a run is added once it "
+                         "has reached it (its members would stay undecided in this folder otherwise)")
     order = [held.get(r.name, r) for r in runs] + [d for n, d in held.items() if n not in {r.name for r in runs}]
     with tempfile.TemporaryDirectory(prefix="alphareg-compose-") as tmp:
         stage, out = Path(tmp) / "runs", Path(tmp) / "out"

@@ -368,6 +368,9 @@ def test_a_verdict_folder_gains_runs_and_keeps_the_ones_it_holds(tmp_path, monke
     make_run(live, "fast_lr5e-3_wd0.02_s012", [0, 1, 2], [[0.1, 0.5, 0.9, 0.9, 0.9]] * 3, [[6, 5, 3, 3, 3]] * 3, wd=0.02)
     every = ["--methods", "wd0,wd0.02,penalty_t2", "--verdict", "v", "--add"]
     refused([*every, "--horizon", "100"], "is cut at step 1000, not 100")
+    make_run(live, "fast_lr5e-3_wd0.01_s012", [0, 1, 2], [[0.1, 0.5, 0.9]] * 3, [[6, 5, 3]] * 3, wd=0.01, steps=STEPS[:3])
+    refused(["--methods", "wd0,wd0.01,penalty_t2", "--verdict", "v", "--add"],
+            "short of the folder's horizon 1,000: fast_lr5e-3_wd0.01_s012 (step 100)")
     refused(["--methods", "wd0", "--add"], "--add needs --verdict DIR")
     lines = (tmp_path / "v" / "verdict.csv").read_text().splitlines()
     (tmp_path / "v" / "verdict.csv").write_text("\n".join([lines[0], lines[1].replace("0.9", "0.95", 1), *lines[2:]]) + "\n")
