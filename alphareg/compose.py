@@ -52,11 +52,10 @@ def add_runs(folder: str | Path, runs, horizon: int | None = None) -> list[str]:
     from the rebuilt one; ``ValueError`` when there is nothing to add or a new run is short of the
     horizon; ``FileNotFoundError`` when the folder is not a verdict folder with run copies."""
     folder = Path(folder)
-    own = folder_horizon(folder)
-    for name in ("verdict.csv", "runs"):
-        if not (folder / name).exists():
-            raise FileNotFoundError(f"{folder}: no {name} — not a verdict folder with run copies "
-                                    "(write one with experiments.evidence --verdict DIR)")
+    own = folder_horizon(folder)                     # also: is it a verdict folder at all
+    if not (folder / "runs").is_dir():
+        raise FileNotFoundError(f"{folder}: no runs/ — a verdict folder without its run copies "
+                                "(write one with experiments.evidence --verdict DIR)")
     if horizon is None:
         horizon = own
     elif horizon != own:

@@ -62,11 +62,7 @@ def _cost(rows: list[dict]) -> float | None:
 def read_folder(folder: str | Path) -> list[Cell]:
     """The cells of one verdict folder: its members that reached the folder's horizon, by method."""
     folder = Path(folder)
-    for name in ("verdict.csv", "methods.csv"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder}: no {name} — not a verdict folder "
-                                    "(write one with experiments.evidence --verdict DIR or experiments.report --verdict DIR)")
-    horizon = folder_horizon(folder, required=True)
+    horizon = folder_horizon(folder, required=True)     # also: is it a verdict folder at all
     with open(folder / "methods.csv", newline="") as f:
         methods = list(csv.DictReader(f))
     name_of = {m["method"]: m["method_name"] for m in methods}

@@ -511,12 +511,13 @@ RUN_FILES = (CONFIG, METRICS, HTSR, SUMMARY, "phases.csv", "tables.md")
 def folder_horizon(folder: str | Path, required: bool = False) -> int | None:
     """The step every run of a verdict folder is cut at (its ``methods.csv`` column ``horizon``);
     None for a folder written without ``horizon`` (an error with ``required``). A folder whose
-    methods have different horizons, or no ``methods.csv``, is an error."""
-    path = Path(folder) / "methods.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no methods.csv — not a verdict folder (write one with "
-                                "experiments.evidence --verdict DIR or experiments.report --verdict DIR)")
-    with open(path, newline="") as f:
+    methods have different horizons, or one without ``verdict.csv`` / ``methods.csv`` (not a verdict
+    folder), is an error."""
+    for name in ("verdict.csv", "methods.csv"):
+        if not (Path(folder) / name).is_file():
+            raise FileNotFoundError(f"{folder}: no {name} — not a verdict folder (write one with "
+                                    "experiments.evidence --verdict DIR or experiments.report --verdict DIR)")
+    with open(Path(folder) / "methods.csv", newline="") as f:
         horizons = {r["horizon"] for r in csv.DictReader(f)}
     if len(horizons) != 1 or (required and "" in horizons):
         raise ValueError(f"{folder}: its runs are not cut at one horizon (methods.csv horizon = {sorted(horizons)}); "
