@@ -111,8 +111,9 @@ class AlphaController(TrainingHook):
         return torch.where(nan, torch.ones_like(mu), mu)
 
     def measure(self, trainer) -> Tensor:
-        """weightwatcher alpha (layers, members) of the current weights."""
-        return torch.stack([fit_alpha(w.detach()).alpha.to(torch.float64).cpu()
+        """weightwatcher alpha (layers, members) of the current weights, computed on host copies
+        (latency-bound small-matrix work: ``alphareg.regularizers.host_layers``)."""
+        return torch.stack([fit_alpha(w.detach().cpu()).alpha.to(torch.float64)
                             for w in trainer.model.weights])
 
     def update(self, trainer) -> None:

@@ -90,6 +90,19 @@ def spectral_layers(model: nn.Module, layers: Sequence[str] | None = None) -> li
     return found
 
 
+def host_layers(model: nn.Module, layers: Sequence[str] | None = None) -> list[SpectralLayer]:
+    """``spectral_layers`` with every weight as a detached copy in host (CPU) memory.
+
+    The engine's hooks do their spectral work (``svdvals``, ``eigvalsh``, the KS tail scan) here:
+    on these small matrices it is latency-bound on a GPU — on an H200 each piece took 2x its
+    host time and a penalty refresh over 200 host-device synchronisations, which stall behind
+    any other process sharing the GPU (``reports/benchmarks/penalty_gpu_h200_7d99770.log``). On a CPU
+    run the tensors share the weights' storage (no copy), so CPU runs are unchanged bit for bit.
+    """
+    return [SpectralLayer(l.name, l.param.detach().cpu(), l.pooled)
+            for l in spectral_layers(model, layers)]
+
+
 def spectrum(layer: SpectralLayer) -> Tensor:
     """(members, n) eigenvalues ``σ²`` of W in float64, ascending, differentiable."""
     W = layer.matrices().to(torch.float64)
@@ -262,11 +275,13 @@ class SoftAlphaHook(TrainingHook):
     def _refresh(self, model: nn.Module, step: int) -> None:
         """New cached gradients. Layers that were active at the last refresh go straight to the
         differentiable pass (they usually still are); the others are checked without gradient
-        first and only those that became active get the differentiable pass."""
+        first and only those that became active get the differentiable pass. All of it runs on
+        host copies of the weights (``host_layers``); the gradients go back to the weights' device."""
         pen = self.penalty
+        layers = {l.name: l for l in host_layers(model, pen.layers)}
         if step % pen.refit_every == 0 or not pen.fits:
-            pen.refit(model)
-        layers = {l.name: l for l in spectral_layers(model, pen.layers)}
+            for layer in layers.values():
+                pen.refit_layer(layer)
         maybe = [n for n in layers if n in self.grads]
         with torch.no_grad():
             fresh = {n: pen.layer_alpha(layers[n]) for n in layers if n not in self.grads}
@@ -274,12 +289,14 @@ class SoftAlphaHook(TrainingHook):
         self.grads = {}
         if not maybe:
             return
+        device = {l.name: l.param.device for l in spectral_layers(model, maybe)}
         with torch.enable_grad():
+            leaves = [layers[n].param.requires_grad_(True) for n in maybe]
             per_layer = [pen.per_member({n: pen.layer_alpha(layers[n], gram=True)}).sum()
                          for n in maybe]
-            grads = torch.autograd.grad(torch.stack(per_layer).sum(),
-                                        [layers[n].param for n in maybe])
-        self.grads = {n: g.detach() for n, g, v in zip(maybe, grads, per_layer) if float(v.detach()) > 0}
+            grads = torch.autograd.grad(torch.stack(per_layer).sum(), leaves)
+        self.grads = {n: g.detach().to(device[n]) for n, g, v in zip(maybe, grads, per_layer)
+                      if float(v.detach()) > 0}
 
     @property
     def period(self) -> int:
@@ -292,7 +309,7 @@ class SoftAlphaHook(TrainingHook):
     def graph_grads(self, trainer) -> list:
         if not self.grads:
             return []
-        return [(layer.param, self.grads[layer.name])
+        return [(layer.param, self.grads[layer.name].to(layer.param.device))   # resumed: on the host
                 for layer in spectral_layers(trainer.model, list(self.grads))]
 
     def after_backward(self, trainer) -> None:
@@ -302,9 +319,11 @@ class SoftAlphaHook(TrainingHook):
     @torch.no_grad()
     def at_log_point(self, trainer, rows):
         pen = self.penalty
+        layers = host_layers(trainer.model, pen.layers)
         if not pen.fits:
-            pen.refit(trainer.model)
-        alphas = pen.alphas(trainer.model)
+            for layer in layers:
+                pen.refit_layer(layer)
+        alphas = {layer.name: pen.layer_alpha(layer) for layer in layers}
         cols = {f"alpha_hat_{n}": a.cpu().tolist() for n, a in alphas.items()}
         cols["penalty"] = pen.per_member(alphas).cpu().tolist()
         return cols

@@ -5,7 +5,8 @@ from torch import nn
 
 from alphareg.htsr import fit_alpha, ww_reference
 from alphareg.models import PopulationMLP
-from alphareg.regularizers import SoftAlphaPenalty, SpectralLayer, smooth_hinge, spectral_layers
+from alphareg.regularizers import (SoftAlphaHook, SoftAlphaPenalty, SpectralLayer, host_layers,
+                                   smooth_hinge, spectral_layers)
 
 
 def heavy(n, m, df=1.5, seed=0):
@@ -153,3 +154,29 @@ def test_gram_path_gradient_equals_the_svdvals_gradient_and_passes_gradcheck():
         assert torch.allclose(grads[0], grads[1], rtol=1e-8, atol=1e-10), shape
         assert torch.autograd.gradcheck(lambda X: f(X, True), (W.clone().requires_grad_(),),
                                         eps=1e-6, atol=1e-6)
+
+
+def test_penalty_hook_on_host_copies_gives_the_weights_own_gradient(paper_split):
+    """The hook's refresh runs on ``host_layers`` (host copies; on the CPU the weights' own
+    storage): its held gradient equals autograd of the penalty on the model's parameters."""
+    from alphareg.config import RunConfig
+    from alphareg.engine import Trainer
+    tr = Trainer(RunConfig(method="penalty", target_alpha=10.0, seeds=(0, 1), lr=(5e-3,),
+                           refit_every=7, penalty_grad_every=3, progress=False), data=paper_split)
+    tr.train_steps(12)
+    hosts, own = host_layers(tr.model), spectral_layers(tr.model)
+    assert [h.name for h in hosts] == [layer.name for layer in own]
+    for h, layer in zip(hosts, own):      # CPU: no copy, no autograd link to the model
+        assert h.param.data_ptr() == layer.param.data_ptr() and not h.param.requires_grad
+    hook = next(h for h in tr.hooks if isinstance(h, SoftAlphaHook))
+    hook._refresh(tr.model, tr.step)
+    assert hook.grads                     # target 10: active
+    pen = hook.penalty
+    for layer in own:
+        value = pen.per_member({layer.name: pen.layer_alpha(layer, gram=True)}).sum()
+        if float(value.detach()) > 0:
+            (want,) = torch.autograd.grad(value, layer.param)
+            assert torch.equal(hook.grads[layer.name], want)
+            assert hook.grads[layer.name].device == layer.param.device
+        else:
+            assert layer.name not in hook.grads
