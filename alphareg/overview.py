@@ -12,7 +12,8 @@ Each verdict folder (``alphareg.verdict.write_verdict``) holds every run cut at 
   mean(m) − mean(plain) — what the method bought over doing nothing, at that horizon;
 * cost: training seconds per 10^5 member-steps, s = wall time to H / K / H · 10^5 (a run's wall
   time is shared by its K members), mean over the members, and its ratio to the plain wd-0 run's
-  at the same lr and H (wall times of runs that shared a machine with others: indicative).
+  at the same lr and H (wall times of runs that shared a machine with others: indicative; no ratio
+  between runs on different kinds of device, ``verdict.same_device_kind``).
 
 A (method, horizon) pair found in two folders is an error (the overview would have to pick one):
 pass the folders that make one consistent picture. Nothing is typed in: every cell is read from
@@ -25,7 +26,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .verdict import _ms, _stats, folder_horizon, seconds_per_1e5_member_steps
+from .verdict import _ms, _stats, device_kinds, folder_horizon, same_device_kind, seconds_per_1e5_member_steps
 
 OVERVIEW_COLUMNS = ("lr", "method", "horizon", "folder", "n", "collapsed", "final_test_acc_mean",
                     "final_test_acc_sd", "late_trend_mean", "late_trend_sd", "delta_vs_wd0",
@@ -45,8 +46,10 @@ class Cell:
     final: tuple[float, float]
     trend: tuple[float, float] | None
     cost: float | None                 # training seconds per 10^5 member-steps
+    devices: str = ""                  # its members' device cells, joined by ", "
     delta_vs_wd0: float | None = None
     cost_vs_wd0: float | None = None
+    cost_note: str = ""                # why no cost ratio: the two kinds of device, "cpu vs cuda"
 
 
 def _float(v: str) -> float | None:
@@ -79,7 +82,7 @@ def read_folder(folder: str | Path) -> list[Cell]:
                           collapsed=sum(r["collapsed"] == "True" for r in rs),
                           final=_stats(_float(r["final_test_acc"]) for r in rs),
                           trend=_stats(_float(r["late_trend"]) for r in rs),
-                          cost=_cost(rs)))
+                          cost=_cost(rs), devices=", ".join(sorted({r["device"] for r in rs}))))
     return cells
 
 
@@ -100,8 +103,10 @@ def overview_cells(folders) -> list[Cell]:
         r = ref.get((c.lr, c.horizon))
         if r is not None and not c.plain_wd0:
             c.delta_vs_wd0 = c.final[0] - r.final[0]
-            if c.cost and r.cost:
+            if c.cost and r.cost and same_device_kind(c.devices, r.devices):
                 c.cost_vs_wd0 = c.cost / r.cost
+            elif c.cost and r.cost:
+                c.cost_note = f"{device_kinds(c.devices)} vs {device_kinds(r.devices)}"
     return sorted(cells, key=lambda c: c.horizon)   # stable: methods in the shortest horizon's order
 
 
@@ -155,7 +160,7 @@ def overview_markdown(cells: list[Cell]) -> str:
                 "(runs shared a machine with other runs: indicative; clean per-step overheads in "
                 "`reports/benchmarks/`)", ""]
         out += _matrix(cs, horizons, lambda c: "ref." if c.plain_wd0 else
-                       ("–" if c.cost_vs_wd0 is None else f"×{c.cost_vs_wd0:.2f}"))
+                       ((c.cost_note or "–") if c.cost_vs_wd0 is None else f"×{c.cost_vs_wd0:.2f}"))
         out.append("")
     return "\n".join(out)
 

@@ -196,6 +196,19 @@ def _stats(vals) -> tuple[float, float] | None:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
+def device_kinds(devices: str) -> str:
+    """The kinds of device ("cpu", "cuda", ...: the part of a ``device`` cell before " (host or
+    accelerator)") in a ``device`` cell or a method's ``devices`` (cells joined by ", "), sorted,
+    joined by "+"."""
+    return "+".join(sorted({d.split(" (")[0].strip() for d in devices.split(", ") if d.strip()}))
+
+
+def same_device_kind(devices_a: str, devices_b: str) -> bool:
+    """Whether two runs' (or two methods') wall times may be compared: every device of both is of
+    one kind (``device_kinds``)."""
+    return "+" not in device_kinds(f"{devices_a}, {devices_b}")
+
+
 def seconds_per_1e5_member_steps(wall_time_s, K, steps) -> float | None:
     """Training cost of one member: wall_time_s / K / steps · 10^5 seconds per 10^5 steps (a run's wall
     time is shared by its K batched members). None without a wall time (missing, "" or 0) or without steps.
@@ -309,8 +322,11 @@ def _against(a: dict, ref: dict, with_cost: bool) -> str:
     d_drop = a["drop_from_peak"][0] - ref["drop_from_peak"][0]
     s = f"final {d_final:+.3f}, drop {d_drop:+.3f}"
     if with_cost and a["seconds_per_1e5_member_steps"] and ref["seconds_per_1e5_member_steps"]:
-        ratio = a["seconds_per_1e5_member_steps"][0] / ref["seconds_per_1e5_member_steps"][0]
-        s += f", wall time per member-step ×{ratio:.2f}"
+        if same_device_kind(a["devices"], ref["devices"]):
+            ratio = a["seconds_per_1e5_member_steps"][0] / ref["seconds_per_1e5_member_steps"][0]
+            s += f", wall time per member-step ×{ratio:.2f}"
+        else:
+            s += f", wall time not compared ({device_kinds(a['devices'])} against {device_kinds(ref['devices'])})"
     return s
 
 

@@ -19,7 +19,7 @@ STEPS = [0, 10, 100, 1000, 10000]
 
 
 def make_run(root: Path, name: str, seeds, test_accs, fc1_alphas, *, wd=0.0, method="none",
-             traps=None, wall=(0, 1, 2, 3, 4), steps=STEPS, **method_args) -> Path:
+             traps=None, wall=(0, 1, 2, 3, 4), steps=STEPS, device="cpu", **method_args) -> Path:
     """A run directory as the engine writes it: config.json, metrics.csv, htsr.csv."""
     cfg = RunConfig(lr=[5e-3], wd=[wd], seeds=list(seeds), method=method, name=name, **method_args)
     path = root / name
@@ -40,7 +40,7 @@ def make_run(root: Path, name: str, seeds, test_accs, fc1_alphas, *, wd=0.0, met
             for k, seed in enumerate(seeds):
                 w.writerow([st, k, seed, "fc1", fc1_alphas[k][i], (traps or {}).get((k, st), 1.0)])
                 w.writerow([st, k, seed, "fc2", 3.0, 0.0])
-    (path / "summary.json").write_text(json.dumps({"device": "cpu"}))
+    (path / "summary.json").write_text(json.dumps({"device": device}))
     return path
 
 
@@ -294,6 +294,29 @@ def test_overview_puts_each_horizon_beside_the_others(runs, tmp_path):
         (pen, "1000", "0"), (pen, "10000", "0"), (plain, "1000", "1"), (plain, "10000", "2")]
     assert (tmp_path / "ov" / "overview_lr0.005.png").stat().st_size > 10_000
     assert [steps_label(s) for s in (1000, 100_000, 200_000, 125_000, 10**6)] == ["1e3", "1e5", "2e5", "1.25e5", "1e6"]
+
+
+def test_no_wall_time_ratio_between_kinds_of_device(tmp_path):
+    """A penalty run on the GPU beside a plain run on the CPU: their wall times are not a cost."""
+    from alphareg.overview import write_overview
+    from alphareg.verdict import device_kinds, same_device_kind
+    assert device_kinds("cuda (NVIDIA H200), cuda (vm), cpu (vm)") == "cpu+cuda"
+    assert same_device_kind("cuda (vm)", "cuda (NVIDIA H200)") and not same_device_kind("cpu (vm)", "cuda (vm)")
+    plain = make_run(tmp_path, "wd0", [0], [[0.1, 0.5, 0.9, 0.8, 0.7]], [[6, 5, 4, 3, 2]])
+    pen = make_run(tmp_path, "pen_gpu", [0], [[0.1, 0.5, 0.9, 0.9, 0.88]], [[6, 5, 4, 3, 2]],
+                   method="penalty", wall=(0, 0.1, 0.2, 0.3, 0.4), device="cuda")
+    same = make_run(tmp_path, "pen_cpu", [1], [[0.1, 0.5, 0.9, 0.9, 0.88]], [[6, 5, 4, 3, 2]],
+                    method="penalty", wd=0.01, wall=(0, 2, 4, 6, 8))
+    write_verdict([plain, pen, same], tmp_path / "v", horizon=10_000)
+    md = (tmp_path / "v" / "verdict.md").read_text()
+    assert "wall time not compared (cuda against cpu)" in md
+    assert "wall time per member-step ×2.00" in md                     # 8 s against 4 s, both on the CPU
+    cells = {c.method: c for c in write_overview([tmp_path / "v"], tmp_path / "ov")}
+    gpu = cells["penalty, target_alpha 2, lr 0.005, wd 0"]
+    assert gpu.cost_vs_wd0 is None and gpu.cost_note == "cuda vs cpu"
+    assert cells["penalty, target_alpha 2, lr 0.005, wd 0.01"].cost_vs_wd0 == pytest.approx(2.0)
+    assert "| penalty, target_alpha 2, lr 0.005, wd 0 | cuda vs cpu |" in \
+        (tmp_path / "ov" / "overview.md").read_text().split("Cost:")[1]
 
 
 def test_overview_refuses_ambiguous_or_foreign_folders(runs, tmp_path, capsys):
