@@ -7,8 +7,9 @@ where it applies), the time of each spectral piece the penalty hook uses (``svdv
 matrix's ``eigvalsh``, the KS tail scan) per layer on the device and on host copies of the same
 weights, one ``_refresh`` with and without the tail refit, and on CUDA a torch.profiler table of
 two refreshes. Since the hook works on host copies (``host_layers``) its refresh times are host
-times on every device. Ran on the H200 at commit 7d99770 as ``.gpu/prof_penalty.py``:
-``reports/benchmarks/penalty_gpu_h200_7d99770.log``.
+times on every device. ``reports/benchmarks/penalty_gpu_h200_7d99770.log`` is the H200 output of
+this script's first version (commit a05a5fd: one timed block of steps instead of ``rate``'s median
+of three), run there at commit 7d99770 as ``.gpu/prof_penalty.py``.
 """
 import statistics
 import sys
@@ -16,48 +17,54 @@ import time
 
 import torch
 
-from alphareg.config import RunConfig
-from alphareg.engine import Trainer
-from benchmarks.bench_gpu import paper_data
-from alphareg.regularizers import SoftAlphaHook, SpectralLayer, gram_spectrum, spectral_layers, spectrum
 from alphareg.htsr import fit_alpha_evals
+from alphareg.regularizers import SoftAlphaHook, SpectralLayer, gram_spectrum, spectral_layers, spectrum
+from benchmarks.bench_gpu import paper_data, rate, sync, trainer
 
-dev = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda")
-def sync():
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-def timeit(fn, n=5):
-    fn(); sync(); out = []
-    for _ in range(n):
-        t = time.perf_counter(); fn(); sync(); out.append(time.perf_counter() - t)
+
+def ms(fn, dev, repeats: int = 5) -> float:
+    """Median milliseconds of ``fn()`` over ``repeats`` synchronised calls, after one warm-up."""
+    fn()
+    out = []
+    for _ in range(repeats):
+        sync(dev)
+        t = time.perf_counter()
+        fn()
+        sync(dev)
+        out.append(time.perf_counter() - t)
     return statistics.median(out) * 1e3
-data = paper_data(100, 0, torch.float64, dev)
-res = {}
-for method in ("none", "penalty"):
-    cfg = RunConfig(seeds=(0, 1, 2), device=dev.type, progress=False, method=method)
-    tr = Trainer(cfg, data=data)
-    n = (1000 if method == "none" else 200) if dev.type == "cuda" else 100
-    tr.train_steps(n); sync(); t = time.perf_counter(); tr.train_steps(n); sync()
-    res[method] = n / (time.perf_counter() - t)
-    print(f"{method}: {res[method]:.1f} steps/s (K=3), graphed={tr.graphed is not None}", flush=True)
-hook = [h for h in tr.hooks if isinstance(h, SoftAlphaHook)][0]
-print("penalty active layers after", tr.step, "steps:", list(hook.grads), flush=True)
-model = tr.model
-for where in ("dev", "cpu"):
-    for L in spectral_layers(model):
-        W = L.param.detach()
-        if where == "cpu":
-            W = W.cpu()
-        l = SpectralLayer(L.name, W, False)
-        print(f"{where} {L.name} {tuple(W.shape)}: svdvals {timeit(lambda: spectrum(l)):.2f} ms, "
-              f"gram eigvalsh {timeit(lambda: gram_spectrum(l)):.2f} ms, "
-              f"fit_alpha_evals {timeit(lambda: fit_alpha_evals(spectrum(l))):.2f} ms", flush=True)
-pen = hook.penalty
-print(f"refit (all layers) {timeit(lambda: pen.refit(model)):.2f} ms", flush=True)
-print(f"_refresh no refit {timeit(lambda: hook._refresh(model, 1)):.2f} ms", flush=True)
-print(f"_refresh with refit {timeit(lambda: hook._refresh(model, 0)):.2f} ms", flush=True)
-if dev.type == "cuda":
-    from torch.profiler import profile, ProfilerActivity
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
-        hook._refresh(model, 0); hook._refresh(model, 1); sync()
-    print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
+
+
+def main(device: str = "cuda") -> None:
+    dev = torch.device(device)
+    data = paper_data(100, 0, torch.float64, dev)
+    steps = 1000 if dev.type == "cuda" else 100
+    for method in ("none", "penalty"):
+        tr = trainer(3, dev, data, method=method)
+        n = steps if method == "none" else steps // 5 if dev.type == "cuda" else steps
+        print(f"{method}: {rate(tr.train_steps, n, dev):.1f} steps/s (K=3), graphed={tr.graphed is not None}",
+              flush=True)
+    hook = next(h for h in tr.hooks if isinstance(h, SoftAlphaHook))
+    model, pen = tr.model, hook.penalty
+    print("penalty active layers after", tr.step, "steps:", list(hook.grads), flush=True)
+    for where in ("dev", "cpu"):
+        for layer in spectral_layers(model):
+            W = layer.param.detach() if where == "dev" else layer.param.detach().cpu()
+            one = SpectralLayer(layer.name, W, False)
+            print(f"{where} {layer.name} {tuple(W.shape)}: svdvals {ms(lambda: spectrum(one), dev):.2f} ms, "
+                  f"gram eigvalsh {ms(lambda: gram_spectrum(one), dev):.2f} ms, "
+                  f"fit_alpha_evals {ms(lambda: fit_alpha_evals(spectrum(one)), dev):.2f} ms", flush=True)
+    print(f"refit (all layers) {ms(lambda: pen.refit(model), dev):.2f} ms", flush=True)
+    print(f"_refresh no refit {ms(lambda: hook._refresh(model, 1), dev):.2f} ms", flush=True)
+    print(f"_refresh with refit {ms(lambda: hook._refresh(model, 0), dev):.2f} ms", flush=True)
+    if dev.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+            hook._refresh(model, 0)
+            hook._refresh(model, 1)
+            sync(dev)
+        print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:2])
