@@ -131,7 +131,11 @@ def gram_spectrum(layer: SpectralLayer) -> Tensor:
 def log_spectrum(layer: SpectralLayer, gram: bool = False) -> Tensor:
     """(members, n) log-eigenvalues ``ln σ²``, ascending, differentiable (zeros clamped);
     from ``svdvals`` (default) or the Gram matrix's ``eigvalsh`` (``gram=True``)."""
-    lam = gram_spectrum(layer) if gram else spectrum(layer)
+    return log_of(gram_spectrum(layer) if gram else spectrum(layer))
+
+
+def log_of(lam: Tensor) -> Tensor:
+    """``ln λ`` of a spectrum, zeros clamped to ``TINY``."""
     return torch.log(lam.clamp_min(TINY))
 
 
@@ -193,11 +197,14 @@ class SoftAlphaPenalty:
             self.refit_layer(layer)
 
     @torch.no_grad()
-    def refit_layer(self, layer: SpectralLayer) -> None:
-        fit = fit_alpha_evals(spectrum(layer))
+    def refit_layer(self, layer: SpectralLayer) -> Tensor:
+        """New tail sizes for one layer; returns the spectrum (``spectrum``) it fitted."""
+        lam = spectrum(layer)
+        fit = fit_alpha_evals(lam)
         k = fit.num_pl_spikes.reshape(-1)
         self.fits[layer.name] = TailFit(k=k.clone(), small_n=fit.small_n.reshape(-1).clone(),
                                         valid=(k >= 2) & (fit.alpha.reshape(-1) > 1))
+        return lam
 
     def alphas(self, model: nn.Module) -> dict[str, Tensor]:
         """α̂ (members,) of each selected layer with the held tail sizes (NaN where invalid)."""
@@ -210,10 +217,13 @@ class SoftAlphaPenalty:
     def layer_alpha(self, layer: SpectralLayer, gram: bool = False) -> Tensor:
         """α̂ (members,) of one layer with its held tail size (NaN where the fit failed);
         ``gram=True`` takes the eigenvalues from the Gram matrix (``gram_spectrum``)."""
-        fit = self.fits.get(layer.name)
+        return self.alpha_of_logs(layer.name, log_spectrum(layer, gram=gram))
+
+    def alpha_of_logs(self, name: str, logs: Tensor) -> Tensor:
+        """α̂ (members,) of layer ``name`` from its log-spectrum (members, n), ascending."""
+        fit = self.fits.get(name)
         if fit is None:
-            raise RuntimeError(f"no tail fit for layer {layer.name!r}: call refit(model) first")
-        logs = log_spectrum(layer, gram=gram)
+            raise RuntimeError(f"no tail fit for layer {name!r}: call refit(model) first")
         valid = fit.valid.to(logs.device)
         k = torch.where(valid, fit.k.to(logs.device), torch.full_like(fit.k, 2).to(logs.device))
         a = torch.where(fit.small_n.to(logs.device), alpha_from_tail(logs, k, bias_corrected=True),
@@ -257,7 +267,8 @@ class SoftAlphaHook(TrainingHook):
     the check). Each step adds the cached gradient to the
     task gradient (a lagged gradient of P, refreshed every ``grad_every`` steps; the
     differentiable pass takes the eigenvalues from the Gram matrix, ``gram_spectrum``), so an inactive
-    one-sided penalty costs one ``svdvals`` per layer every ``grad_every`` steps. The tail sizes
+    one-sided penalty costs one Gram ``eigvalsh`` per layer every ``grad_every`` steps (the check;
+    at a refit step it reuses the refit's ``svdvals`` spectrum instead). The tail sizes
     are refitted every ``refit_every`` steps (step-based, so a resumed run refits at the same
     steps). Logged per member: ``alpha_hat_<layer>``, ``penalty``.
     """
@@ -279,12 +290,12 @@ class SoftAlphaHook(TrainingHook):
         host copies of the weights (``host_layers``); the gradients go back to the weights' device."""
         pen = self.penalty
         layers = {l.name: l for l in host_layers(model, pen.layers)}
-        if step % pen.refit_every == 0 or not pen.fits:
-            for layer in layers.values():
-                pen.refit_layer(layer)
+        refit = step % pen.refit_every == 0 or not pen.fits
+        spectra = {n: pen.refit_layer(layer) for n, layer in layers.items()} if refit else {}
         maybe = [n for n in layers if n in self.grads]
-        with torch.no_grad():
-            fresh = {n: pen.layer_alpha(layers[n]) for n in layers if n not in self.grads}
+        with torch.no_grad():   # the check: the refit's spectrum, else the (cheaper) Gram one
+            fresh = {n: pen.alpha_of_logs(n, log_of(spectra[n])) if refit else pen.layer_alpha(layers[n], gram=True)
+                     for n in layers if n not in self.grads}
         maybe += [n for n, a in fresh.items() if float(pen.per_member({n: a}).sum()) > 0]
         self.grads = {}
         if not maybe:

@@ -180,3 +180,26 @@ def test_penalty_hook_on_host_copies_gives_the_weights_own_gradient(paper_split)
             assert hook.grads[layer.name].device == layer.param.device
         else:
             assert layer.name not in hook.grads
+
+
+def test_hook_check_reuses_the_refit_spectrum_and_otherwise_takes_the_gram_one(monkeypatch):
+    """The refresh's no-gradient check (is a layer's penalty > 0?) decides as the ``svdvals``
+    alpha does; it costs one ``svdvals`` per layer at a refit step (the refit's own spectrum,
+    reused) and none in between (the Gram matrix's ``eigvalsh``)."""
+    model = PopulationMLP([60, 50, 40, 10], seeds=[0, 1, 2], dtype=torch.float64)
+    pen = SoftAlphaPenalty(target=2.0, beta=1.0, refit_every=5)
+    pen.refit(model)
+    with torch.no_grad():
+        own = {layer.name: pen.layer_alpha(layer) for layer in spectral_layers(model)}   # svdvals
+    calls = []
+    svdvals = torch.linalg.svdvals
+    monkeypatch.setattr(torch.linalg, "svdvals", lambda *a, **k: calls.append(1) or svdvals(*a, **k))
+    for name in own:          # each layer in turn just above / just below every member's alpha
+        for target, active in ((float(own[name].min()) - 1e-6, False), (float(own[name].max()) + 1e-6, True)):
+            pen.target, pen.layers = target, [name]
+            for step in (5, 6):              # a refit step, then one between refits
+                hook = SoftAlphaHook(pen, grad_every=1)
+                calls.clear()
+                hook._refresh(model, step)
+                assert (name in hook.grads) is active, (name, target, step)
+                assert len(calls) == (1 if step == 5 else 0), (name, step, len(calls))
