@@ -1,6 +1,7 @@
 """Where the soft-alpha penalty's time goes on a device (paper config, K=3, float64).
 
     python -m benchmarks.profile_penalty cuda     # or cpu
+    python -m benchmarks.profile_penalty threads  # host refresh time per torch thread count
 
 Prints steps/s of ``--method none`` and ``--method penalty`` (K = 3, the engine's CUDA-graph path
 where it applies), the time of each spectral piece the penalty hook uses (``svdvals``, the Gram
@@ -10,7 +11,14 @@ two refreshes. Since the hook works on host copies (``host_layers``) its refresh
 times on every device. ``reports/benchmarks/penalty_gpu_h200_7d99770.log`` is the H200 output of
 this script's first version (commit a05a5fd: one timed block of steps instead of ``rate``'s median
 of three), run there at commit 7d99770 as ``.gpu/prof_penalty.py``.
+
+``threads``: the refresh is host work whatever the device, so its speed depends on the host's
+torch / MKL thread count (tiny LAPACK calls can get slower with more threads). Prints, per count,
+one refresh without and with the tail refit and the host time per 100 steps at the defaults
+(``refit_every`` 100, ``penalty_grad_every`` 20: 4 refreshes + 1 with refit), then
+``best threads N``; ``experiments/gpu_chunk.sh`` runs it and gives the runs ``--threads N``.
 """
+import os
 import statistics
 import sys
 import time
@@ -66,5 +74,32 @@ def main(device: str = "cuda") -> None:
         print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
 
 
+def best_threads(counts=None) -> int:
+    """The torch thread count with the least host time per 100 steps of the penalty's refresh
+    (K = 3, paper shapes, weights after 0 steps: the penalty inactive, as in most of a run)."""
+    dev = torch.device("cpu")
+    cores = os.cpu_count() or 1
+    counts = counts or sorted({c for c in (1, 2, 4, 8, 16, cores) if c <= cores})
+    tr = trainer(3, dev, paper_data(100, 0, torch.float64, dev), method="penalty")
+    hook = next(h for h in tr.hooks if isinstance(h, SoftAlphaHook))
+    before = torch.get_num_threads()
+    per100 = {}
+    try:
+        for n in counts:
+            torch.set_num_threads(n)
+            plain, refit = ms(lambda: hook._refresh(tr.model, 1), dev), ms(lambda: hook._refresh(tr.model, 0), dev)
+            per100[n] = 4 * plain + refit
+            print(f"threads {n}: refresh {plain:.2f} ms, with refit {refit:.2f} ms, "
+                  f"{per100[n]:.1f} ms per 100 steps", flush=True)
+    finally:
+        torch.set_num_threads(before)
+    best = min(per100, key=per100.get)
+    print(f"best threads {best}", flush=True)
+    return best
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    if sys.argv[1:2] == ["threads"]:
+        best_threads()
+    else:
+        main(*sys.argv[1:2])

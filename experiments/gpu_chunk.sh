@@ -15,7 +15,8 @@
 # after 1,000 steps and, with the penalty and WD controller, against the eager path after 500;
 # `full`: all five parts); without those figures, or either above 1e-8, the runs use
 # the eager path (ALPHAREG_CUDA_GRAPHS=0). (2) `experiments.evidence paper` with every method in parallel until
-# BUDGET_S - 100 s after the start (SIGINT: each run checkpoints at a step boundary), a bounded
+# BUDGET_S - 100 s after the start (with a penalty method, `--threads` from `benchmarks.profile_penalty
+# threads`: the host thread count that makes its refresh fastest) (SIGINT: each run checkpoints at a step boundary), a bounded
 # HTSR catch-up and figures (`experiments.report`), then archives (alphareg.archive).
 # (3) archives split into 15 MB parts, the session log and figures into $OUT (8 files at most).
 set -u
@@ -55,11 +56,18 @@ for a in sorted(Path(".gpu/archive").glob(f"*{SUFFIX}")):
     print("restore", a.name, *restore(a.name[:-len(SUFFIX)], ".gpu/runs", ".gpu/archive"))
 EOF
 
+THREADS_ARG=""   # the penalty's refresh is host work: give the runs the host thread count that does it fastest
+if [[ ",$METHODS," == *,penalty* ]]; then
+  best=$(timeout -k 5 60 python3 -m benchmarks.profile_penalty threads 2>&1 | tee -a "$LOG" | sed -n 's/^best threads //p')
+  [ -n "$best" ] && THREADS_ARG="--threads $best"
+  say "host threads for the runs: ${best:-default (no figure)}"
+fi
+
 left=$(( BUDGET - 100 - $(el) ))
 say "evidence paper --methods $METHODS for ${left}s"
 hours=$(python3 -c "print(max(0.0, $left / 3600))")
 timeout -k 20 -s INT $(( left + 30 )) python3 -m experiments.evidence paper --methods "$METHODS" \
-    --workers $(echo "$METHODS" | tr , "\n" | wc -l) --hours "$hours" --chunk 10000000 --runs-dir .gpu/runs \
+    --workers $(echo "$METHODS" | tr , "\n" | wc -l) $THREADS_ARG --hours "$hours" --chunk 10000000 --runs-dir .gpu/runs \
     --run-args "--device ${DEVICE:-cuda} --ww-per-decade 0" 2>&1 | tee -a "$LOG"
 say "evidence rc=${PIPESTATUS[0]}"
 pkill -INT -f -- "--runs-dir .gpu/runs" && sleep 10
