@@ -194,7 +194,7 @@ def test_hook_check_reuses_the_refit_spectrum_and_otherwise_takes_the_gram_one(m
     calls = []
     svdvals = torch.linalg.svdvals
     monkeypatch.setattr(torch.linalg, "svdvals", lambda *a, **k: calls.append(1) or svdvals(*a, **k))
-    for name in own:          # each layer in turn just above / just below every member's alpha
+    for name in own:          # each layer in turn: target just below every member's alpha (off), just above (on)
         for target, active in ((float(own[name].min()) - 1e-6, False), (float(own[name].max()) + 1e-6, True)):
             pen.target, pen.layers = target, [name]
             for step in (5, 6):              # a refit step, then one between refits
