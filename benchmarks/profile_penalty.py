@@ -14,8 +14,8 @@ of three), run there at commit 7d99770 as ``.gpu/prof_penalty.py``.
 
 ``threads``: the refresh is host work whatever the device, so its speed depends on the host's
 torch / MKL thread count (tiny LAPACK calls can get slower with more threads). Prints, per count,
-one refresh without and with the tail refit and the host time per 100 steps at the defaults
-(``refit_every`` 100, ``penalty_grad_every`` 20: 4 refreshes + 1 with refit), then
+one refresh without and with the tail refit and the host time per 100 steps at the run config's
+``refit_every`` / ``penalty_grad_every`` (defaults 100 / 20: 4 refreshes + 1 with refit), then
 ``best threads N``; ``experiments/gpu_chunk.sh`` runs it and gives the runs ``--threads N``.
 """
 import os
@@ -82,13 +82,15 @@ def best_threads(counts=None) -> int:
     counts = counts or sorted({c for c in (1, 2, 4, 8, 16, cores) if c <= cores})
     tr = trainer(3, dev, paper_data(100, 0, torch.float64, dev), method="penalty")
     hook = next(h for h in tr.hooks if isinstance(h, SoftAlphaHook))
+    cfg = tr.cfg    # per refit period: one refresh with the refit, the others without
+    per_refit = cfg.refit_every // cfg.penalty_grad_every - 1
     before = torch.get_num_threads()
     per100 = {}
     try:
         for n in counts:
             torch.set_num_threads(n)
             plain, refit = ms(lambda: hook._refresh(tr.model, 1), dev), ms(lambda: hook._refresh(tr.model, 0), dev)
-            per100[n] = 4 * plain + refit
+            per100[n] = (per_refit * plain + refit) * 100 / cfg.refit_every
             print(f"threads {n}: refresh {plain:.2f} ms, with refit {refit:.2f} ms, "
                   f"{per100[n]:.1f} ms per 100 steps", flush=True)
     finally:
