@@ -7,15 +7,20 @@ been re-run or resumed by another engine — plus the new runs' tables, cut at t
 
     rows(new folder) = rows(held copies) ∪ rows(new runs)
 
-and refused, with nothing written, unless every line of the old ``verdict.csv`` and ``methods.csv``
-is in the new one byte for byte (the held rows are recomputed by the current code: the check also
-catches a change of the verdict's own rules since the folder was built).
+and refused, with nothing written, unless every row of the old ``verdict.csv`` and ``methods.csv``
+is in the new one with the same cell in every column the old file has (the held rows are
+recomputed by the current code: the check also catches a change of the verdict's own rules since
+the folder was built; a column the current code adds is not a change). ``rebuild`` rewrites a folder
+from its held copies alone under the same check — a folder written before a column was added
+gains it.
 
     python -m experiments.evidence fast --methods wd0,penalty_t2 --hours 0 \\
         --verdict reports/verdict/fast_preset_h8e5 --add
+    python -m experiments.overview reports/verdict/fast_preset_h* --out reports/verdict --rebuild
 """
 from __future__ import annotations
 
+import csv
 import shutil
 import tempfile
 from pathlib import Path
@@ -48,8 +53,8 @@ def add_runs(folder: str | Path, runs, horizon: int | None = None) -> list[str]:
     already in ``folder/runs/`` is taken from that copy, not from the path given; copies the folder
     holds that ``runs`` does not name are kept too (after the others). ``horizon`` — default: the
     folder's own; another one is refused. Returns the names of the runs added. Raises
-    ``VerdictWouldChange`` (folder untouched) when an old line of verdict.csv / methods.csv is missing
-    from the rebuilt one; ``ValueError`` when there is nothing to add or a new run is short of the
+    ``VerdictWouldChange`` (folder untouched) when an old row of verdict.csv / methods.csv is missing
+    from the rebuilt one (``missing_rows``); ``ValueError`` when there is nothing to add or a new run is short of the
     horizon; ``FileNotFoundError`` when the folder is not a verdict folder with run copies."""
     folder = Path(folder)
     own = folder_horizon(folder)                     # also: is it a verdict folder at all
@@ -71,6 +76,42 @@ def add_runs(folder: str | Path, runs, horizon: int | None = None) -> list[str]:
         raise ValueError(f"short of the folder's horizon {horizon:,}: {', '.join(short)} — a run is added once it "
                          "has reached it (its members would stay undecided in this folder otherwise)")
     order = [held.get(r.name, r) for r in runs] + [d for n, d in held.items() if n not in {r.name for r in runs}]
+    _rewrite(folder, order, new, horizon)
+    return [r.name for r in new]
+
+
+def rebuild(folder: str | Path) -> None:
+    """Rewrite the verdict ``folder`` from the run copies it holds, by the current code, at its own
+    horizon; refused (``VerdictWouldChange``, folder untouched) as ``add_runs`` is."""
+    folder = Path(folder)
+    horizon = folder_horizon(folder)
+    if not (folder / "runs").is_dir():
+        raise FileNotFoundError(f"{folder}: no runs/ — a verdict folder without its run copies cannot be rebuilt")
+    rows = list(csv.DictReader(open(folder / "verdict.csv", newline="")))
+    held = {d.name: d for d in (folder / "runs").iterdir() if d.is_dir()}
+    order = [held[n] for n in dict.fromkeys(r["run"] for r in rows) if n in held]
+    order += [d for n, d in sorted(held.items()) if d not in order]
+    _rewrite(folder, order, [], horizon)
+
+
+def missing_rows(old: Path, new: Path) -> list[str]:
+    """The rows of the CSV ``old`` that ``new`` lacks, comparing only ``old``'s columns (a column
+    ``new`` adds is ignored; one it drops makes every row missing). Returned as "col=value, ..." text."""
+    with open(old, newline="") as f:
+        old_rows = list(csv.DictReader(f))
+    with open(new, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = list(old_rows[0]) if old_rows else []
+        gone = [c for c in cols if c not in (reader.fieldnames or [])]
+        kept = {tuple(r.get(c) for c in cols) for r in reader}
+    if gone:
+        return [f"(column {', '.join(gone)} is gone) " + ", ".join(f"{c}={v}" for c, v in r.items()) for r in old_rows]
+    return [", ".join(f"{c}={v}" for c, v in r.items()) for r in old_rows if tuple(r[c] for c in cols) not in kept]
+
+
+def _rewrite(folder: Path, order: list[Path], new: list[Path], horizon: int | None) -> None:
+    """Write the verdict of the runs ``order`` (held copies and the ``new`` runs) into ``folder``
+    unless a row of its old verdict.csv / methods.csv would change."""
     with tempfile.TemporaryDirectory(prefix="alphareg-compose-") as tmp:
         stage, out = Path(tmp) / "runs", Path(tmp) / "out"
         copy_run_files(order, stage)
@@ -79,10 +120,8 @@ def add_runs(folder: str | Path, runs, horizon: int | None = None) -> list[str]:
                 drop_partial_last_line(stage / r.name / table)
         write_verdict([stage / r.name for r in order], out, horizon=horizon, copy_runs=True)
         for name in ("verdict.csv", "methods.csv"):
-            kept = set((out / name).read_text().splitlines())
-            missing = [line for line in (folder / name).read_text().splitlines() if line not in kept]
+            missing = missing_rows(folder / name, out / name)
             if missing:
                 raise VerdictWouldChange(
-                    f"{folder}/{name}: {len(missing)} line(s) would change, nothing written; first: {missing[0][:200]}")
+                    f"{folder}/{name}: {len(missing)} row(s) would change, nothing written; first: {missing[0][:300]}")
         shutil.copytree(out, folder, dirs_exist_ok=True)
-    return [r.name for r in new]

@@ -16,6 +16,9 @@ Per member (one row per run × member, ``run_rows``):
 * min alpha after the peak: the smallest fitted weightwatcher alpha of any layer at the analysed
   steps ≥ the peak step, with its layer; alpha and mean trap count of every layer at the last
   analysed step; the largest trap count of any layer after the peak;
+* alpha at the collapse: every layer's alpha at the last analysed step at or before the collapse
+  step (and that step) — whether a layer had fallen below 2 when test accuracy fell, i.e. whether
+  a one-sided α-method at target 2 could have acted by then;
 * phases (``alphareg.phases.analyse_run`` with ``rules``): collapsed = test accuracy fell
   ``collapse_drop`` below a* at a later log point; "collapse prevented" = not collapsed by the
   horizon (by the run's last step without one; undecided while a run is short of the horizon);
@@ -25,7 +28,8 @@ Per member (one row per run × member, ``run_rows``):
 
 Per method (``method_rows``; a method = ``member_label``: method, its non-default settings, lr and
 wd): seeds, collapsed / prevented counts, and mean ± sd of the numbers above over the members
-that reached the horizon. The findings compare each method with the plain run at wd 0 and the
+that reached the horizon; the alpha at the collapse per layer over every collapsed member, with the
+count of those that had a layer below ``ALPHA_AT_COLLAPSE_BELOW`` then. The findings compare each method with the plain run at wd 0 and the
 same lr and, for a method with a reference WD (``wd_ref``: the WD controller's base, the
 ``weight_decay`` method's constant), with its fixed-WD control: the plain run at the same lr whose
 wd is nearest ``wd_ref``, within a factor ``CONTROL_WD_FACTOR`` — whether the α feedback or the
@@ -58,10 +62,11 @@ from .rundir import CONFIG, METRICS, SUMMARY, read_metrics
 COLUMNS = ("method", "lr", "wd", "run", "member", "seed", "steps", "peak_test_acc", "peak_step", "test_acc_1e6",
            "test_acc_1e7", "final_test_acc", "final_train_acc", "drop_from_peak",
            "late_trend", "min_alpha_after_peak", "min_alpha_layer", "max_traps_after_peak", "end_alpha",
-           "end_traps", "collapsed", "collapse_step", "collapse_prevented", "warning_step",
+           "end_traps", "collapsed", "collapse_step", "collapse_alpha", "collapse_alpha_step", "collapse_prevented", "warning_step",
            "warning_reason", "lead_time", "wall_time_s", "K", "device", "commit")
 CONTROL_WD_FACTOR = 1.25   # a plain run is a method's fixed-WD control if wd_ref / wd is within this factor
 LATE_WINDOW_DECADES = 0.5  # the late trend is fitted over this last part (decades of steps) of a run
+ALPHA_AT_COLLAPSE_BELOW = 2.0   # the findings count collapsed members with a layer's alpha below this then
 
 
 def late_trend(steps, accs, decades: float = LATE_WINDOW_DECADES) -> float | None:
@@ -184,8 +189,24 @@ def run_rows(path_or_run, rules: PhaseRules | None = None, horizon: int | None =
             end = sorted((r for r in hk if int(r["step"]) == end_step), key=lambda r: r["layer"])
             row["end_alpha"] = _fmt_layers({r["layer"]: _value(r, "alpha") for r in end})
             row["end_traps"] = _fmt_layers({r["layer"]: _value(r, "traps_mean") for r in end})
+            if mp.collapsed:
+                row.update(_alpha_at(hk, mp.collapse_step))
         rows.append(row)
     return rows
+
+
+def _alpha_at(hk: list[dict], step: int) -> dict:
+    """Every layer's fitted alpha at the last analysed step ≤ ``step`` among one member's HTSR rows
+    ``hk``: ``collapse_alpha`` (as ``end_alpha``), ``collapse_alpha_step`` and the numbers per layer
+    (``collapse_alpha_by_layer``; unfitted layers left out); empty if nothing was analysed by then."""
+    steps = [int(r["step"]) for r in hk if int(r["step"]) <= step]
+    if not steps:
+        return {}
+    at = max(steps)
+    rows = sorted((r for r in hk if int(r["step"]) == at), key=lambda r: r["layer"])
+    alphas = {r["layer"]: _value(r, "alpha") for r in rows}
+    return {"collapse_alpha": _fmt_layers(alphas), "collapse_alpha_step": at,
+            "collapse_alpha_by_layer": {k: v for k, v in alphas.items() if not math.isnan(v)}}
 
 
 # ---------------------------------------------------------------------------- per method
@@ -246,6 +267,11 @@ def method_rows(rows: list[dict]) -> list[dict]:
             agg[key] = _stats(vals) if all(v is not None for v in vals) else None
         agg["seconds_per_1e5_member_steps"] = _stats(
             seconds_per_1e5_member_steps(r["wall_time_s"], r["K"], r["steps"]) for r in done)
+        at = [r["collapse_alpha_by_layer"] for r in rs if r.get("collapse_alpha_by_layer")]
+        agg["collapse_alpha"] = {layer: _stats(d.get(layer) for d in at)
+                                 for layer in sorted({k for d in at for k in d})}
+        agg["collapse_alpha_n"] = len(at)
+        agg["collapse_alpha_below"] = sum(min(d.values()) < ALPHA_AT_COLLAPSE_BELOW for d in at)
         out.append(agg)
     return out
 
@@ -287,12 +313,13 @@ def method_markdown(agg: list[dict]) -> str:
 def markdown_table(rows: list[dict]) -> str:
     head = ["method", "seed", "steps", "peak test acc (step)", "test acc at 1e6", "test acc at 1e7",
             "final test acc", "final train acc", "late trend (per decade)", "min alpha after peak (layer)", "max traps after peak",
-            "alpha at end", "traps at end (mean)", "collapsed (step)", "collapse prevented",
-            "warning (step, reason)", "lead time", "wall time s (K)", "device", "run (created at commit)"]
+            "alpha at end", "traps at end (mean)", "collapsed (step)", "alpha at collapse (step)",
+            "collapse prevented", "warning (step, reason)", "lead time", "wall time s (K)", "device", "run (created at commit)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         warn = "–" if r["warning_step"] is None else f"{r['warning_step']} ({r['warning_reason']})"
         coll = _cell(r["collapsed"]) + (f" ({r['collapse_step']})" if r["collapsed"] else "")
+        at_coll = (f"{r['collapse_alpha']} ({r['collapse_alpha_step']})" if r.get("collapse_alpha") else "–")
         lines.append("| " + " | ".join([
             r["method"], str(r["seed"]), str(r["steps"]),
             f"{r['peak_test_acc']:.4f} ({r['peak_step']})", _cell(r.get("test_acc_1e6")),
@@ -300,7 +327,7 @@ def markdown_table(rows: list[dict]) -> str:
             _cell(r.get("late_trend")),
             f"{_cell(r.get('min_alpha_after_peak'))} ({r.get('min_alpha_layer', '–')})",
             _cell(r.get("max_traps_after_peak")), r.get("end_alpha", "–"), r.get("end_traps", "–"),
-            coll, _cell(r["collapse_prevented"]), warn, _cell(r["lead_time"]),
+            coll, at_coll, _cell(r["collapse_prevented"]), warn, _cell(r["lead_time"]),
             f"{_cell(r['wall_time_s'])} ({r['K']})", r["device"], f"{r['run']} ({r['commit']})"]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -367,6 +394,12 @@ def findings_markdown(agg: list[dict]) -> str:
                   f"{ctl['collapsed']} of {ctl['n']}): " + _against(a, ctl, with_cost=False))
         if a["lead_time"] is not None:
             s += f"; the early warning came {_ms(a['lead_time'], 0)} steps before the collapse"
+        if a.get("collapse_alpha_n"):
+            s += (f"; alpha at the collapse (last analysed step at or before it, {a['collapse_alpha_n']} "
+                  "collapsed member" + ("s" if a["collapse_alpha_n"] > 1 else "") + "): "
+                  + ", ".join(f"{layer} {_ms(v, 2)}" for layer, v in a["collapse_alpha"].items())
+                  + f", a layer below {ALPHA_AT_COLLAPSE_BELOW:g} in {a['collapse_alpha_below']} of "
+                  f"{a['collapse_alpha_n']}")
         lines.append(s + ".")
     return "\n".join(lines) + "\n"
 
@@ -554,6 +587,15 @@ def copy_run_files(runs, dest: Path) -> None:
                 shutil.copy2(run / f, dest / run.name / f)
 
 
+def _flat(v) -> str:
+    """A ``method_rows`` value as one ``methods.csv`` cell: mean ± sd; per layer "fc1:m ± sd ..."."""
+    if isinstance(v, tuple):
+        return f"{v[0]:.6g} ± {v[1]:.3g}"
+    if isinstance(v, dict):
+        return " ".join(f"{k}:{_flat(x)}" for k, x in v.items() if x is not None)
+    return v
+
+
 def write_verdict(runs, out_dir: str | Path, rules: PhaseRules | None = None,
                   horizon: int | None = None, copy_runs: bool = False) -> list[dict]:
     """Read every run (cut at ``horizon``) and write into ``out_dir``: ``verdict.csv`` (one row
@@ -572,7 +614,7 @@ def write_verdict(runs, out_dir: str | Path, rules: PhaseRules | None = None,
         w.writerows(rows)
     agg = method_rows(rows)
     with open(out / "methods.csv", "w", newline="") as f:
-        flat = [{k: (f"{v[0]:.6g} ± {v[1]:.3g}" if isinstance(v, tuple) else v) for k, v in a.items()} for a in agg]
+        flat = [{k: _flat(v) for k, v in a.items()} for a in agg]
         w = csv.DictWriter(f, fieldnames=list(flat[0]))
         w.writeheader()
         w.writerows(flat)

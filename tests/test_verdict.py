@@ -75,6 +75,33 @@ def test_member_rows_are_read_from_the_tables(runs):
     assert r2["warning_step"] is None and r2["min_alpha_after_peak"] == 3.0
 
 
+def test_alpha_at_the_collapse_is_read_at_the_last_analysed_step_not_after_it(runs):
+    """Per member: every layer's alpha at the last HTSR step <= the collapse step; per method: mean ±
+    sd per layer over the collapsed members (unfitted alphas left out), and how many had one < 2."""
+    a, b, c = runs
+    r0, r1 = run_rows(a)
+    assert (r0["collapse_alpha"], r0["collapse_alpha_step"]) == ("fc1:1.80 fc2:3.00", 1000)
+    assert "collapse_alpha" not in r1                       # seed 1 did not collapse
+    (r2,) = run_rows(b)                                     # collapsed at 10000, fc1 unfitted (-1) there
+    assert (r2["collapse_alpha_step"], r2["collapse_alpha_by_layer"]) == (10000, {"fc2": 3.0})
+    # drop the HTSR rows at the collapse step 1000: the last analysed step before it (100) is used
+    rows = list(csv.DictReader(open(a / "htsr.csv", newline="")))
+    with open(a / "htsr.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(r for r in rows if r["step"] != "1000")
+    r0, _ = run_rows(a)
+    assert (r0["collapse_step"], r0["collapse_alpha"], r0["collapse_alpha_step"]) == (1000, "fc1:1.90 fc2:3.00", 100)
+    agg = {m["method"]: m for m in method_rows(run_rows(a) + run_rows(b) + run_rows(c))}
+    plain = agg["plain, lr 0.005, wd 0"]
+    assert plain["collapse_alpha"] == {"fc1": (1.9, 0.0), "fc2": (3.0, 0.0)}
+    assert (plain["collapse_alpha_n"], plain["collapse_alpha_below"]) == (2, 1)   # seed 0's fc1 1.9 < 2
+    assert ("alpha at the collapse (last analysed step at or before it, 2 collapsed members): "
+            "fc1 1.90 ± 0.00, fc2 3.00 ± 0.00, a layer below 2 in 1 of 2") in findings_markdown(list(agg.values()))
+    pen = agg["penalty, target_alpha 2, lr 0.005, wd 0"]    # never collapsed: nothing said
+    assert pen["collapse_alpha_n"] == 0 and "alpha at the collapse" not in findings_markdown([pen])
+
+
 def test_horizon_cuts_every_number(runs):
     a, _, _ = runs
     r0, _ = run_rows(a, horizon=100)
@@ -120,7 +147,7 @@ def test_a_wd_method_is_compared_with_its_fixed_wd_control(tmp_path):
     ctl = next(ln for ln in lines if "wd_ref 0.019," in ln)
     # 0.02 is nearer 0.019 than 0.0175 is; final 0.85 - 0.8, drop 0.05 - 0.1
     assert ("; against its fixed-WD control plain, lr 0.005, wd 0.02 (wd_ref 0.019; collapsed in 1 of 1): "
-            "final +0.050, drop -0.050.") in ctl
+            "final +0.050, drop -0.050; alpha at the collapse") in ctl
     # 0.05 is 2.5x the nearest plain wd: no control; neither for a method without wd_ref
     assert sum("fixed-WD control" in ln for ln in lines) == 1
 
@@ -180,9 +207,12 @@ def test_write_verdict_files(runs, tmp_path):
     out = tmp_path / "verdict"
     rows = write_verdict(list(runs), out, horizon=1000, copy_runs=True)
     assert [r["steps"] for r in rows] == [1000] * 4
-    assert list(csv.DictReader(open(out / "verdict.csv")))[0]["collapse_step"] == "1000"
+    first = list(csv.DictReader(open(out / "verdict.csv")))[0]
+    assert (first["collapse_step"], first["collapse_alpha"], first["collapse_alpha_step"]) == ("1000", "fc1:1.80 fc2:3.00", "1000")
     methods = list(csv.DictReader(open(out / "methods.csv")))
     assert [m["n"] for m in methods] == ["3", "1"]
+    assert [m["collapse_alpha"] for m in methods] == ["fc1:1.8 ± 0 fc2:3 ± 0", ""]
+    assert "| yes (1000) | fc1:1.80 fc2:3.00 (1000) | no |" in (out / "verdict.md").read_text()
     assert "cut at step 1000" in (out / "verdict.md").read_text()
     assert (out / "paper_tables.md").is_file() and (out / "verdict_test_acc_alpha.png").stat().st_size > 10_000
     figs = sorted(p.name for p in (out / "figures").iterdir())
@@ -397,4 +427,37 @@ def test_a_verdict_folder_gains_runs_and_keeps_the_ones_it_holds(tmp_path, monke
     refused(["--methods", "wd0", "--add"], "--add needs --verdict DIR")
     lines = (tmp_path / "v" / "verdict.csv").read_text().splitlines()
     (tmp_path / "v" / "verdict.csv").write_text("\n".join([lines[0], lines[1].replace("0.9", "0.95", 1), *lines[2:]]) + "\n")
-    refused(every, "verdict.csv: 1 line(s) would change, nothing written")
+    refused(every, "verdict.csv: 1 row(s) would change, nothing written")
+
+
+def test_rebuild_adds_new_columns_to_a_folder_and_refuses_a_changed_cell(runs, tmp_path, capsys):
+    """experiments.overview --rebuild (alphareg.compose.rebuild): a folder written before a column
+    existed gains it, every old cell the same; a folder whose old cell the current code would change
+    is left byte for byte as it was."""
+    import experiments.overview as overview
+    from alphareg.compose import missing_rows
+    v = tmp_path / "v"
+    write_verdict(list(runs), v, horizon=1000, copy_runs=True)
+    fresh = {n: (v / n).read_text() for n in ("verdict.csv", "methods.csv", "verdict.md")}
+    for name in ("verdict.csv", "methods.csv"):          # as an older code wrote them: no collapse_alpha*
+        rows = list(csv.DictReader(open(v / name, newline="")))
+        cols = [c for c in rows[0] if not c.startswith("collapse_alpha")]
+        with open(v / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+    (v / "verdict.md").write_text("old\n")
+    (v / "gpu_session.log").write_text("kept\n")
+    assert overview.main([str(v), "--out", str(tmp_path / "o"), "--rebuild"]) == 0
+    assert f"rebuilt {v} from its run copies" in capsys.readouterr().err
+    assert {n: (v / n).read_text() for n in fresh} == fresh and (v / "gpu_session.log").read_text() == "kept\n"
+    # a dropped column makes every old row missing; a changed cell refuses the rebuild
+    lines = (v / "verdict.csv").read_text().splitlines()
+    (tmp_path / "dropped.csv").write_text("\n".join(ln.rsplit(",", 1)[0] for ln in lines) + "\n")
+    assert len(missing_rows(v / "verdict.csv", tmp_path / "dropped.csv")) == len(lines) - 1
+    (v / "verdict.csv").write_text("\n".join([lines[0], lines[1].replace("0.9", "0.95", 1), *lines[2:]]) + "\n")
+    before = {p: p.read_bytes() for p in v.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as e:
+        overview.main([str(v), "--out", str(tmp_path / "o"), "--rebuild"])
+    assert e.value.code == 2 and "verdict.csv: 1 row(s) would change, nothing written" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in v.rglob("*") if p.is_file()} == before
