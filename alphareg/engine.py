@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
 import sys
 import time
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ from .config import ConfigError, RunConfig
 from .data import Split, paper_data
 from .models import PopulationMLP
 from .optim import make_optimizer
-from .rundir import CHECKPOINT, SUMMARY, RunDir, write_json_atomic
+from .rundir import CHECKPOINT, SUMMARY, RunDir, git_commit, write_json_atomic
 from .sampler import EpochSampler
 from .schedule import log_points
 
@@ -269,6 +270,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         ckpt.save_atomic(self.state_dict(), self.run_dir / CHECKPOINT)
+        self._record_segment("running")
 
     def resume_if_possible(self) -> bool:
         """Load the run directory's checkpoint if there is one; drop metrics rows after it."""
@@ -341,6 +343,8 @@ class Trainer:
         kill_at = int(os.environ.get(KILL_ENV, "-1"))
         points = [p for p in log_points(cfg.steps, cfg.log_per_decade) if p > self.step and p <= target]
         last_ckpt = last_plot = time.monotonic()
+        self._segment = {"start_step": self.step, "wall0": self.wall_time,
+                         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         self.tracker = self._start_tracker()
         monitor = self._start_monitor()
         if self.step == 0 and not self.run_dir.read_metrics():
@@ -390,6 +394,8 @@ class Trainer:
             if not finished and self.tracker is not None:
                 self.tracker.close()
             write_json_atomic(self.run_dir / SUMMARY, self.summary())   # interrupted runs too
+            self._record_segment("finished" if finished else "interrupted")
+            self._segment = None
         from .report import finalize_run
         summary = finalize_run(self.run_dir.path)
         if self.tracker is not None:
@@ -412,6 +418,21 @@ class Trainer:
                               ww_steps(self.cfg.steps, self.cfg.ww_per_decade))
         monitor.catch_up()
         return monitor
+
+    def _record_segment(self, outcome: str) -> None:
+        """This ``run()`` call's ``segments.csv`` row (``RunDir.put_segment``), written at every
+        checkpoint ("running") and at its end; nothing outside ``run()`` or before its first step."""
+        seg = getattr(self, "_segment", None)
+        if seg is None or self.run_dir is None or self.step <= seg["start_step"]:
+            return
+        if "commit" not in seg:
+            seg["commit"] = git_commit()
+        self.run_dir.put_segment({
+            "start_step": seg["start_step"], "end_step": self.step,
+            "wall_time_s": round(self.wall_time - seg["wall0"], 2), "device": str(self.device),
+            "accelerator": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "",
+            "host": socket.gethostname(), "git_commit": seg["commit"],
+            "started": seg["started"], "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "outcome": outcome})
 
     def summary(self) -> dict:
         """Training figures for summary.json (``report.finalize_run`` adds accuracies, phases)."""

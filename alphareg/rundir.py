@@ -4,6 +4,9 @@
     metrics.csv      one row per (logged step, member)
     checkpoint.pt    the latest checkpoint (atomic), resumed automatically
     summary.json     peak / final accuracies per member, wall time, steps/s
+    segments.csv     one row per training process: steps from / to, its wall time, device,
+                     accelerator, host, commit, start / end time, finished, interrupted or
+                     running (its last checkpoint; a killed process stays so)
     plots/           fig1_accuracy.png, fig5_progress_measures.png
     snapshots/       step_000001000.pt: every member's weights and biases at each log point
 """
@@ -29,6 +32,9 @@ CONFIG = "config.json"
 METRICS = "metrics.csv"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
+SEGMENTS = "segments.csv"
+SEGMENT_FIELDS = ("start_step", "end_step", "wall_time_s", "device", "accelerator", "host", "git_commit",
+                  "started", "ended", "outcome")
 PLOTS = "plots"
 SNAPSHOTS = "snapshots"
 LOCK = ".lock"      # held (flock) by the training process for the life of the run
@@ -107,7 +113,7 @@ class RunDir:
 
     def create(self, data_info: dict, restart: bool = False) -> None:
         if restart and self.path.exists():
-            for name in (CHECKPOINT, METRICS, SUMMARY, CONFIG):
+            for name in (CHECKPOINT, METRICS, SUMMARY, CONFIG, SEGMENTS):
                 (self.path / name).unlink(missing_ok=True)
             shutil.rmtree(self.path / PLOTS, ignore_errors=True)
             shutil.rmtree(self.path / SNAPSHOTS, ignore_errors=True)
@@ -156,6 +162,29 @@ class RunDir:
             if s > last_step:
                 self.snapshot_path(s).unlink(missing_ok=True)
         HTSRTable(self.path).truncate(last_step)
+        segs = read_segments(self.path)
+        if any(int(r["end_step"]) > last_step for r in segs):   # those steps are trained again
+            self._write_segments([dict(r, end_step=min(int(r["end_step"]), last_step)) for r in segs
+                                  if int(r["start_step"]) < last_step])
+
+    def put_segment(self, row: dict) -> None:
+        """Record one training process (``SEGMENT_FIELDS``) in ``segments.csv``: which device
+        trained which steps, so a run resumed on other machines says where its wall time went. A row
+        with the same ``start_step`` and ``started`` as the last one replaces it (the process
+        updates its row at every checkpoint, so a killed process leaves its row at the step its run
+        resumes from); otherwise it is appended. Written atomically."""
+        rows = read_segments(self.path)
+        if rows and (rows[-1]["start_step"], rows[-1]["started"]) == (str(row["start_step"]), row["started"]):
+            rows.pop()
+        self._write_segments(rows + [row])
+
+    def _write_segments(self, rows: list[dict]) -> None:
+        tmp = self.path / (SEGMENTS + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=SEGMENT_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, self.path / SEGMENTS)
 
     def snapshot_steps(self) -> list[int]:
         return snapshot_steps(self.path)
@@ -241,13 +270,23 @@ def last_step(run_path: str | os.PathLike) -> int:
     return last
 
 
-def read_metrics(run_path: str | os.PathLike) -> list[dict]:
-    """Rows of a run directory's metrics table as dicts of strings ([] when absent)."""
-    path = Path(run_path) / METRICS
+def read_table(run_path: str | os.PathLike, name: str) -> list[dict]:
+    """Rows of the table ``name`` of a run directory as dicts of strings ([] when absent)."""
+    path = Path(run_path) / name
     if not path.is_file():
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def read_segments(run_path: str | os.PathLike) -> list[dict]:
+    """The rows of a run's ``segments.csv`` (empty for a run made before it was kept)."""
+    return read_table(run_path, SEGMENTS)
+
+
+def read_metrics(run_path: str | os.PathLike) -> list[dict]:
+    """Rows of a run directory's metrics table as dicts of strings ([] when absent)."""
+    return read_table(run_path, METRICS)
 
 
 #: metrics columns that differ between identical trajectories (timing)

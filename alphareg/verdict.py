@@ -24,7 +24,9 @@ Per member (one row per run × member, ``run_rows``):
   horizon (by the run's last step without one; undecided while a run is short of the horizon);
   early warning step, its reason, lead time = collapse step − warning step;
 * cost: wall time of the run up to the horizon (training seconds, shared by the K members trained
-  together), K, device and host.
+  together), K, device and host — for a run trained by several processes on several machines, each
+  device's share of the steps (``segments.csv``; wall times of runs on more than one kind of device
+  are not compared).
 
 Per method (``method_rows``; a method = ``member_label``: method, its non-default settings, lr and
 wd): seeds, collapsed / prevented counts, and mean ± sd of the numbers above over the members
@@ -57,7 +59,7 @@ from .methods import method_fields
 from .monitor import HTSR, HTSRTable
 from .phases import PhaseRules, analyse_run
 from .report import _mean_sd, _nearest_row, _value
-from .rundir import CONFIG, METRICS, SUMMARY, read_metrics
+from .rundir import CONFIG, METRICS, SEGMENTS, SUMMARY, read_metrics, read_segments
 
 COLUMNS = ("method", "lr", "wd", "run", "member", "seed", "steps", "peak_test_acc", "peak_step", "test_acc_1e6",
            "test_acc_1e7", "final_test_acc", "final_train_acc", "drop_from_peak",
@@ -99,6 +101,7 @@ class RunData:
     htsr: list[dict]
     phases: list = field(default_factory=list)
     horizon: int | None = None
+    segments: list[dict] = field(default_factory=list)   # segments.csv: which device trained which steps
 
 
 def load_run(path: str | Path, rules: PhaseRules | None = None, horizon: int | None = None) -> RunData:
@@ -111,7 +114,7 @@ def load_run(path: str | Path, rules: PhaseRules | None = None, horizon: int | N
     if not metrics:
         raise ValueError(f"{path}: no metrics rows" + (f" at or before step {horizon}" if horizon else ""))
     run = RunData(path, RunConfig.from_dict(raw["config"]), raw.get("provenance", {}), summary,
-                  metrics, htsr, horizon=horizon)
+                  metrics, htsr, horizon=horizon, segments=read_segments(path))
     run.phases = analyse_run(metrics, htsr, rules or PhaseRules())
     return run
 
@@ -139,11 +142,29 @@ def _fmt_layers(d: dict) -> str:
     return " ".join(f"{k}:{v:.2f}" for k, v in d.items())
 
 
-def _device(run: RunData) -> str:
-    dev = run.summary.get("device") or run.cfg.device
-    where = (run.provenance.get("accelerator") if str(dev).startswith("cuda") else None) \
-        or run.provenance.get("host")
-    return f"{dev} ({where})" if where else str(dev)
+def _device(run: RunData, steps: int) -> str:
+    """Where the run's first ``steps`` steps were trained. Without ``segments.csv`` (runs made
+    before it was kept): the device of the last process (``summary.json``) with the accelerator or
+    host of the run's creation. With it: each device "kind (accelerator or host)" and its share of
+    the steps, ", "-joined in order of first use, plus "unrecorded" for steps no segment covers
+    (trained before the record was kept); one device covering every step is named alone."""
+    if not run.segments:
+        dev = run.summary.get("device") or run.cfg.device
+        where = (run.provenance.get("accelerator") if str(dev).startswith("cuda") else None) \
+            or run.provenance.get("host")
+        return f"{dev} ({where})" if where else str(dev)
+    share: dict[str, int] = {}
+    for seg in run.segments:
+        n = max(0, min(int(seg["end_step"]), steps) - int(seg["start_step"]))
+        if n:
+            label = f"{seg['device']} ({seg['accelerator'] or seg['host']})"
+            share[label] = share.get(label, 0) + n
+    rest = steps - sum(share.values())
+    if rest > 0:
+        share["unrecorded"] = rest
+    if len(share) == 1:
+        return next(iter(share))
+    return ", ".join(f"{label} {100 * n / steps:.0f} %" for label, n in share.items())
 
 
 def run_rows(path_or_run, rules: PhaseRules | None = None, horizon: int | None = None) -> list[dict]:
@@ -173,7 +194,7 @@ def run_rows(path_or_run, rules: PhaseRules | None = None, horizon: int | None =
                "warning_step": mp.warning_step,
                "warning_reason": mp.warning_reason, "lead_time": mp.lead_time,
                "wall_time_s": float(last["wall_time"]) if last.get("wall_time") not in (None, "") else None,
-               "K": run.cfg.K, "device": _device(run), "commit": run.provenance.get("git_commit")}
+               "K": run.cfg.K, "device": _device(run, steps), "commit": run.provenance.get("git_commit")}
         for label, at in (("test_acc_1e6", 10**6), ("test_acc_1e7", 10**7)):
             upto = [r for r in d if int(r["step"]) <= at]
             row[label] = float(upto[-1]["test_acc"]) if steps >= at else None
@@ -554,7 +575,7 @@ def _member_mean(df, col: str):
 
 
 #: the files of a run directory a verdict needs (no checkpoints, no weight snapshots)
-RUN_FILES = (CONFIG, METRICS, HTSR, SUMMARY, "phases.csv", "tables.md")
+RUN_FILES = (CONFIG, METRICS, HTSR, SUMMARY, SEGMENTS, "phases.csv", "tables.md")
 
 
 def folder_horizon(folder: str | Path, required: bool = False) -> int | None:

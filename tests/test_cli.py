@@ -131,6 +131,12 @@ def test_short_run_writes_everything_and_kill9_resume_is_bitwise_identical(tmp_p
     # the same command once more: nothing left to do, same result
     again = cli(*_run_args(tmp_path, "cut"))
     assert again.returncode == 0 and "resumed at step 150" in again.stderr
+    # segments.csv: the killed process's row was last written at its checkpoint 63 (its steps after
+    # it were trained again by the resume), the resume wrote one, the call with nothing to do none
+    from alphareg.rundir import read_segments
+    assert [(r["start_step"], r["end_step"], r["outcome"]) for r in read_segments(tmp_path / "cut")] == [
+        ("0", "63", "running"), ("63", "150", "finished")]
+    assert [(r["start_step"], r["end_step"]) for r in read_segments(run)] == [("0", "150")]
 
     # a different configuration under the same name is refused, not silently restarted
     other = cli(*_run_args(tmp_path, "cut"), "--lr", "1e-3")

@@ -1,4 +1,5 @@
 """Population == standalone plain-PyTorch runs; in-process interruption and resume."""
+import json
 import os
 import signal
 
@@ -260,6 +261,42 @@ def test_sigterm_checkpoints_mid_interval_and_resume_is_bitwise_identical(tmp_pa
     for a, b in zip(full.opt.exp_avg_sq, resumed.opt.exp_avg_sq):
         assert torch.equal(a, b)
     assert _rows_without_time(full.run_dir) == _rows_without_time(resumed.run_dir)
+    # segments.csv: one row per run() call that trained, the interrupted one included
+    import socket
+
+    from alphareg.rundir import git_commit, read_segments
+    segs = read_segments(resumed.run_dir.path)
+    assert [(r["start_step"], r["end_step"], r["outcome"]) for r in segs] == [
+        ("0", "41", "interrupted"), ("41", "90", "finished")]
+    assert all(r["device"] == "cpu" and r["accelerator"] == "" and r["host"] == socket.gethostname()
+               and r["git_commit"] == git_commit() and float(r["wall_time_s"]) > 0 for r in segs)
+    # their wall times add up to the run's (summary.json)
+    summary = json.loads((resumed.run_dir.path / "summary.json").read_text())
+    assert sum(float(r["wall_time_s"]) for r in segs) == pytest.approx(summary["wall_time_s"], abs=0.02)
+    assert [(r["start_step"], r["end_step"]) for r in read_segments(full.run_dir.path)] == [("0", "90")]
+    resumed.run()                                        # nothing left to train: no new row
+    assert len(read_segments(resumed.run_dir.path)) == 2
+
+
+def test_segments_after_the_checkpoint_a_resume_starts_from_are_cut(tmp_path):
+    """Steps after the checkpoint are trained again on resume, so the segments that covered them
+    end at the checkpoint's step (and those that began after it go)."""
+    from alphareg.rundir import read_segments
+    rd = RunDir(RunConfig(runs_dir=str(tmp_path), name="segs", progress=False))
+    rd.create({"source": "test"})
+    row = {"wall_time_s": 1.0, "device": "cuda:0", "accelerator": "H", "host": "h", "git_commit": "c",
+           "ended": "", "outcome": "finished"}
+    for a, b in ((0, 50), (50, 100), (100, 110)):
+        rd.put_segment(dict(row, start_step=a, end_step=b, started=f"t{a}", outcome="running"))
+    rd.put_segment(dict(row, start_step=100, end_step=120, started="t100"))   # the same process: replaced
+    assert [(r["start_step"], r["end_step"], r["outcome"]) for r in read_segments(rd.path)] == [
+        ("0", "50", "running"), ("50", "100", "running"), ("100", "120", "finished")]
+    rd.drop_after(63)
+    assert [(r["start_step"], r["end_step"]) for r in read_segments(rd.path)] == [("0", "50"), ("50", "63")]
+    rd.drop_after(63)
+    assert [(r["start_step"], r["end_step"]) for r in read_segments(rd.path)] == [("0", "50"), ("50", "63")]
+    rd.drop_after(40)
+    assert [(r["start_step"], r["end_step"], r["device"]) for r in read_segments(rd.path)] == [("0", "40", "cuda:0")]
 
 
 def test_extending_steps_continues_the_same_trajectory(tmp_path, paper_split):

@@ -264,11 +264,36 @@ def test_device_column_names_the_accelerator_of_a_cuda_run_else_the_host():
     from alphareg.verdict import _device
 
     def run(device, **prov):
-        return SimpleNamespace(summary={"device": device}, cfg=SimpleNamespace(device=device), provenance=prov)
-    assert _device(run("cuda", host="vm", accelerator="NVIDIA H200")) == "cuda (NVIDIA H200)"
-    assert _device(run("cuda", host="vm")) == "cuda (vm)"                 # runs made before it was recorded
-    assert _device(run("cpu", host="vm", accelerator="NVIDIA H200")) == "cpu (vm)"
-    assert _device(run("cpu")) == "cpu"
+        return SimpleNamespace(summary={"device": device}, cfg=SimpleNamespace(device=device), provenance=prov,
+                               segments=[])
+    assert _device(run("cuda", host="vm", accelerator="NVIDIA H200"), 10) == "cuda (NVIDIA H200)"
+    assert _device(run("cuda", host="vm"), 10) == "cuda (vm)"                 # runs made before it was recorded
+    assert _device(run("cpu", host="vm", accelerator="NVIDIA H200"), 10) == "cpu (vm)"
+    assert _device(run("cpu"), 10) == "cpu"
+
+
+def test_device_column_of_a_run_trained_on_several_machines_gives_each_ones_share(tmp_path):
+    """segments.csv: each device's share of the steps up to the horizon, in order of first use;
+    steps no segment covers are "unrecorded" (last); such a run's wall time is not compared."""
+    from alphareg.rundir import RunDir
+    from alphareg.verdict import same_device_kind
+    path = make_run(tmp_path, "mixed", [0], [[0.1, 0.5, 0.9, 0.9, 0.9]], [[6, 5, 3, 3, 3]])
+    rd = RunDir(RunConfig(runs_dir=str(tmp_path), name="mixed"))
+    seg = {"wall_time_s": 1.0, "git_commit": "c", "ended": "", "outcome": "finished"}
+    rd.put_segment(dict(seg, start_step=2000, end_step=6000, device="cuda:0", accelerator="NVIDIA H200",
+                        host="gpu1", started="a"))
+    rd.put_segment(dict(seg, start_step=6000, end_step=8000, device="cpu", accelerator="", host="vm", started="b"))
+    rd.put_segment(dict(seg, start_step=8000, end_step=10000, device="cuda:0", accelerator="NVIDIA H200",
+                        host="gpu2", started="c"))
+    (r,) = run_rows(path)
+    assert r["device"] == "cuda:0 (NVIDIA H200) 60 %, cpu (vm) 20 %, unrecorded 20 %"
+    assert not same_device_kind(r["device"], "cuda (NVIDIA H200)")
+    (r,) = run_rows(path, horizon=1000)                  # only unrecorded steps before the horizon
+    assert r["device"] == "unrecorded"
+    rd.put_segment(dict(seg, start_step=0, end_step=2000, device="cuda:0", accelerator="NVIDIA H200",
+                        host="gpu0", started="d"))
+    (r,) = run_rows(path, horizon=1000)
+    assert r["device"] == "cuda:0 (NVIDIA H200)"         # one device for every step: named alone
 
 
 def test_cost_per_member_step_shares_the_wall_time_among_the_batched_members():
