@@ -343,7 +343,7 @@ class Trainer:
         kill_at = int(os.environ.get(KILL_ENV, "-1"))
         points = [p for p in log_points(cfg.steps, cfg.log_per_decade) if p > self.step and p <= target]
         last_ckpt = last_plot = time.monotonic()
-        self._segment = {"start_step": self.step, "wall0": self.wall_time,
+        self._segment = {"start_step": self.step, "wall0": self.wall_time, "commit": git_commit(),
                          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         self.tracker = self._start_tracker()
         monitor = self._start_monitor()
@@ -425,8 +425,6 @@ class Trainer:
         seg = getattr(self, "_segment", None)
         if seg is None or self.run_dir is None or self.step <= seg["start_step"]:
             return
-        if "commit" not in seg:
-            seg["commit"] = git_commit()
         self.run_dir.put_segment({
             "start_step": seg["start_step"], "end_step": self.step,
             "wall_time_s": round(self.wall_time - seg["wall0"], 2), "device": str(self.device),
