@@ -87,7 +87,8 @@ def rebuild(folder: str | Path) -> None:
     horizon = folder_horizon(folder)
     if not (folder / "runs").is_dir():
         raise FileNotFoundError(f"{folder}: no runs/ — a verdict folder without its run copies cannot be rebuilt")
-    rows = list(csv.DictReader(open(folder / "verdict.csv", newline="")))
+    with open(folder / "verdict.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     held = {d.name: d for d in (folder / "runs").iterdir() if d.is_dir()}
     order = [held[n] for n in dict.fromkeys(r["run"] for r in rows) if n in held]
     order += [d for n, d in sorted(held.items()) if d not in order]
