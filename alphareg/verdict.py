@@ -240,9 +240,10 @@ def _stats(vals) -> tuple[float, float] | None:
 
 def device_kinds(devices: str) -> str:
     """The kinds of device ("cpu", "cuda", ...: the part of a ``device`` cell before " (host or
-    accelerator)") in a ``device`` cell or a method's ``devices`` (cells joined by ", "), sorted,
-    joined by "+"."""
-    return "+".join(sorted({d.split(" (")[0].strip() for d in devices.split(", ") if d.strip()}))
+    accelerator)", without a device index or a share: "cuda:0 (H200) 60 %" is "cuda", "unrecorded
+    18 %" is "unrecorded") in a ``device`` cell or a method's ``devices`` (cells joined by ", "),
+    sorted, joined by "+"."""
+    return "+".join(sorted({re.split(r"[ :(]", d.strip())[0] for d in devices.split(", ") if d.strip()}))
 
 
 def same_device_kind(devices_a: str, devices_b: str) -> bool:

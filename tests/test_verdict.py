@@ -276,7 +276,7 @@ def test_device_column_of_a_run_trained_on_several_machines_gives_each_ones_shar
     """segments.csv: each device's share of the steps up to the horizon, in order of first use;
     steps no segment covers are "unrecorded" (last); such a run's wall time is not compared."""
     from alphareg.rundir import RunDir
-    from alphareg.verdict import same_device_kind
+    from alphareg.verdict import device_kinds, same_device_kind
     path = make_run(tmp_path, "mixed", [0], [[0.1, 0.5, 0.9, 0.9, 0.9]], [[6, 5, 3, 3, 3]])
     rd = RunDir(RunConfig(runs_dir=str(tmp_path), name="mixed"))
     seg = {"wall_time_s": 1.0, "git_commit": "c", "ended": "", "outcome": "finished"}
@@ -288,6 +288,8 @@ def test_device_column_of_a_run_trained_on_several_machines_gives_each_ones_shar
     (r,) = run_rows(path)
     assert r["device"] == "cuda:0 (NVIDIA H200) 60 %, cpu (vm) 20 %, unrecorded 20 %"
     assert not same_device_kind(r["device"], "cuda (NVIDIA H200)")
+    assert device_kinds(r["device"]) == "cpu+cuda+unrecorded"
+    assert same_device_kind("cuda:0 (NVIDIA H200)", "cuda (NVIDIA H100)")
     (r,) = run_rows(path, horizon=1000)                  # only unrecorded steps before the horizon
     assert r["device"] == "unrecorded"
     rd.put_segment(dict(seg, start_step=0, end_step=2000, device="cuda:0", accelerator="NVIDIA H200",
