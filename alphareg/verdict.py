@@ -220,13 +220,11 @@ def _alpha_at(hk: list[dict], step: int) -> dict:
     """Every layer's fitted alpha at the last analysed step ≤ ``step`` among one member's HTSR rows
     ``hk``: ``collapse_alpha`` (as ``end_alpha``), ``collapse_alpha_step`` and the numbers per layer
     (``collapse_alpha_by_layer``; unfitted layers left out); empty if nothing was analysed by then."""
-    steps = [int(r["step"]) for r in hk if int(r["step"]) <= step]
-    if not steps:
+    rows = sorted(_nearest_row(hk, step), key=lambda r: r["layer"])
+    if not rows:
         return {}
-    at = max(steps)
-    rows = sorted((r for r in hk if int(r["step"]) == at), key=lambda r: r["layer"])
     alphas = {r["layer"]: _value(r, "alpha") for r in rows}
-    return {"collapse_alpha": _fmt_layers(alphas), "collapse_alpha_step": at,
+    return {"collapse_alpha": _fmt_layers(alphas), "collapse_alpha_step": int(rows[0]["step"]),
             "collapse_alpha_by_layer": {k: v for k, v in alphas.items() if not math.isnan(v)}}
 
 
