@@ -19,6 +19,9 @@ Per member (one row per run × member, ``run_rows``):
 * alpha at the collapse: every layer's alpha at the last analysed step at or before the collapse
   step (and that step) — whether a layer had fallen below 2 when test accuracy fell, i.e. whether
   a one-sided α-method at target 2 could have acted by then;
+* penalty active (soft-α penalty runs only: their ``penalty`` column): "n/N" — at n of the member's
+  N log points the penalty term β Σ_l h(α* − α̂_l) was > 0, i.e. whether the method acted at all
+  (one-sided, h(d) = 0 for d ≤ 0: exactly 0 while every layer's α̂ is at or above the target α*);
 * phases (``alphareg.phases.analyse_run`` with ``rules``): collapsed = test accuracy fell
   ``collapse_drop`` below a* at a later log point; "collapse prevented" = not collapsed by the
   horizon (by the run's last step without one; undecided while a run is short of the horizon);
@@ -31,7 +34,8 @@ Per member (one row per run × member, ``run_rows``):
 Per method (``method_rows``; a method = ``member_label``: method, its non-default settings, lr and
 wd): seeds, collapsed / prevented counts, and mean ± sd of the numbers above over the members
 that reached the horizon; the alpha at the collapse per layer over every collapsed member, with the
-count of those that had a layer below ``ALPHA_AT_COLLAPSE_BELOW`` then. The findings compare each method with the plain run at wd 0 and the
+count of those that had a layer below ``ALPHA_AT_COLLAPSE_BELOW`` then; the penalty's active log
+points summed over the members. The findings compare each method with the plain run at wd 0 and the
 same lr and, for a method with a reference WD (``wd_ref``: the WD controller's base, the
 ``weight_decay`` method's constant), with its fixed-WD control: the plain run at the same lr whose
 wd is nearest ``wd_ref``, within a factor ``CONTROL_WD_FACTOR`` — whether the α feedback or the
@@ -64,7 +68,7 @@ from .rundir import CONFIG, METRICS, SEGMENTS, SUMMARY, read_metrics, read_segme
 COLUMNS = ("method", "lr", "wd", "run", "member", "seed", "steps", "peak_test_acc", "peak_step", "test_acc_1e6",
            "test_acc_1e7", "final_test_acc", "final_train_acc", "drop_from_peak",
            "late_trend", "min_alpha_after_peak", "min_alpha_layer", "max_traps_after_peak", "end_alpha",
-           "end_traps", "collapsed", "collapse_step", "collapse_alpha", "collapse_alpha_step", "collapse_prevented", "warning_step",
+           "end_traps", "penalty_active", "collapsed", "collapse_step", "collapse_alpha", "collapse_alpha_step", "collapse_prevented", "warning_step",
            "warning_reason", "lead_time", "wall_time_s", "K", "device", "commit")
 CONTROL_WD_FACTOR = 1.25   # a plain run is a method's fixed-WD control if wd_ref / wd is within this factor
 LATE_WINDOW_DECADES = 0.5  # the late trend is fitted over this last part (decades of steps) of a run
@@ -198,6 +202,7 @@ def run_rows(path_or_run, rules: PhaseRules | None = None, horizon: int | None =
         for label, at in (("test_acc_1e6", 10**6), ("test_acc_1e7", 10**7)):
             upto = [r for r in d if int(r["step"]) <= at]
             row[label] = float(upto[-1]["test_acc"]) if steps >= at else None
+        row.update(penalty_active(d))
         hk = [r for r in run.htsr if int(r["member"]) == k]
         if hk:
             late = [r for r in hk if int(r["step"]) >= mp.peak_step] or hk
@@ -214,6 +219,17 @@ def run_rows(path_or_run, rules: PhaseRules | None = None, horizon: int | None =
                 row.update(_alpha_at(hk, mp.collapse_step))
         rows.append(row)
     return rows
+
+
+def penalty_active(metrics: list[dict]) -> dict:
+    """How often the soft-α penalty acted, from one member's metrics rows: ``penalty_points`` =
+    (log points with ``penalty`` > 0, log points with a ``penalty`` value) and ``penalty_active``
+    = "n/N"; empty for a run without the column (not a penalty run)."""
+    vals = [float(r["penalty"]) for r in metrics if r.get("penalty") not in (None, "")]
+    if not vals:
+        return {}
+    n = sum(v > 0 for v in vals)
+    return {"penalty_points": (n, len(vals)), "penalty_active": f"{n}/{len(vals)}"}
 
 
 def _alpha_at(hk: list[dict], step: int) -> dict:
@@ -292,6 +308,8 @@ def method_rows(rows: list[dict]) -> list[dict]:
                                  for layer in sorted({k for d in at for k in d})}
         agg["collapse_alpha_n"] = len(at)
         agg["collapse_alpha_below"] = sum(min(d.values()) < ALPHA_AT_COLLAPSE_BELOW for d in at)
+        pts = [r["penalty_points"] for r in rs if r.get("penalty_points")]
+        agg["penalty_active"] = (f"{sum(n for n, _ in pts)}/{sum(m for _, m in pts)}" if pts else None)
         out.append(agg)
     return out
 
@@ -316,7 +334,7 @@ def _cell(v) -> str:
 def method_markdown(agg: list[dict]) -> str:
     head = ["method", "seeds", "steps reached", "at the horizon", "peak test acc", "test acc at 1e6", "test acc at 1e7",
             "final test acc", "drop from peak", "late trend (test acc per decade)", "min alpha after peak",
-            "max traps after peak", "collapsed", "collapse prevented", "warned", "warning lead time (steps)",
+            "max traps after peak", "penalty > 0 (log points)", "collapsed", "collapse prevented", "warned", "warning lead time (steps)",
             "s per 1e5 member-steps", "device"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in agg:
@@ -325,7 +343,7 @@ def method_markdown(agg: list[dict]) -> str:
             a["method"], f"{a['n']} ({a['seeds']})", steps, f"{a['n_reached']}/{a['n']}", _ms(a["peak_test_acc"]),
             _ms(a["test_acc_1e6"]), _ms(a["test_acc_1e7"]), _ms(a["final_test_acc"]),
             _ms(a["drop_from_peak"]), _ms(a["late_trend"]), _ms(a["min_alpha_after_peak"], 2), _ms(a["max_traps_after_peak"], 1),
-            f"{a['collapsed']}/{a['n']}", f"{a['prevented']}/{a['n']}", f"{a['warned']}/{a['n']}",
+            a.get("penalty_active") or "–", f"{a['collapsed']}/{a['n']}", f"{a['prevented']}/{a['n']}", f"{a['warned']}/{a['n']}",
             _ms(a["lead_time"], 0), _ms(a["seconds_per_1e5_member_steps"], 0), a["devices"]]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -333,7 +351,7 @@ def method_markdown(agg: list[dict]) -> str:
 def markdown_table(rows: list[dict]) -> str:
     head = ["method", "seed", "steps", "peak test acc (step)", "test acc at 1e6", "test acc at 1e7",
             "final test acc", "final train acc", "late trend (per decade)", "min alpha after peak (layer)", "max traps after peak",
-            "alpha at end", "traps at end (mean)", "collapsed (step)", "alpha at collapse (step)",
+            "alpha at end", "traps at end (mean)", "penalty > 0 (log points)", "collapsed (step)", "alpha at collapse (step)",
             "collapse prevented", "warning (step, reason)", "lead time", "wall time s (K)", "device", "run (created at commit)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -347,7 +365,7 @@ def markdown_table(rows: list[dict]) -> str:
             _cell(r.get("late_trend")),
             f"{_cell(r.get('min_alpha_after_peak'))} ({r.get('min_alpha_layer', '–')})",
             _cell(r.get("max_traps_after_peak")), r.get("end_alpha", "–"), r.get("end_traps", "–"),
-            coll, at_coll, _cell(r["collapse_prevented"]), warn, _cell(r["lead_time"]),
+            r.get("penalty_active", "–"), coll, at_coll, _cell(r["collapse_prevented"]), warn, _cell(r["lead_time"]),
             f"{_cell(r['wall_time_s'])} ({r['K']})", r["device"], f"{r['run']} ({r['commit']})"]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -412,6 +430,8 @@ def findings_markdown(agg: list[dict]) -> str:
         if ctl is not None and ctl["n_reached"]:
             s += (f"; against its fixed-WD control {ctl['method']} (wd_ref {a['wd_ref']:g}; collapsed in "
                   f"{ctl['collapsed']} of {ctl['n']}): " + _against(a, ctl, with_cost=False))
+        if a.get("penalty_active"):
+            s += f"; the penalty term was > 0 at {a['penalty_active'].replace('/', ' of ')} log points (all members)"
         if a["lead_time"] is not None:
             s += f"; the early warning came {_ms(a['lead_time'], 0)} steps before the collapse"
         if a.get("collapse_alpha_n"):

@@ -19,8 +19,9 @@ STEPS = [0, 10, 100, 1000, 10000]
 
 
 def make_run(root: Path, name: str, seeds, test_accs, fc1_alphas, *, wd=0.0, method="none",
-             traps=None, wall=(0, 1, 2, 3, 4), steps=STEPS, device="cpu", **method_args) -> Path:
-    """A run directory as the engine writes it: config.json, metrics.csv, htsr.csv."""
+             traps=None, wall=(0, 1, 2, 3, 4), steps=STEPS, device="cpu", penalty=None, **method_args) -> Path:
+    """A run directory as the engine writes it: config.json, metrics.csv, htsr.csv; with ``penalty``
+    (per member, per step) the penalty hook's ``penalty`` column too."""
     cfg = RunConfig(lr=[5e-3], wd=[wd], seeds=list(seeds), method=method, name=name, **method_args)
     path = root / name
     path.mkdir(parents=True)
@@ -29,10 +30,12 @@ def make_run(root: Path, name: str, seeds, test_accs, fc1_alphas, *, wd=0.0, met
                                                                  "git_commit": "abc1234"}}))
     with open(path / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["step", "member", "seed", "lr", "wd", "train_acc", "test_acc", "wall_time"])
+        w.writerow(["step", "member", "seed", "lr", "wd", "train_acc", "test_acc", "wall_time"]
+                   + (["penalty"] if penalty else []))
         for i, st in enumerate(steps):
             for k, seed in enumerate(seeds):
-                w.writerow([st, k, seed, 5e-3, wd, 0.5 if st == 0 else 1.0, test_accs[k][i], wall[i]])
+                w.writerow([st, k, seed, 5e-3, wd, 0.5 if st == 0 else 1.0, test_accs[k][i], wall[i]]
+                           + ([penalty[k][i]] if penalty else []))
     with open(path / "htsr.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["step", "member", "seed", "layer", "alpha", "traps_mean"])
@@ -100,6 +103,28 @@ def test_alpha_at_the_collapse_is_read_at_the_last_analysed_step_not_after_it(ru
             "fc1 1.90 ± 0.00, fc2 3.00 ± 0.00, a layer below 2 in 1 of 2") in findings_markdown(list(agg.values()))
     pen = agg["penalty, target_alpha 2, lr 0.005, wd 0"]    # never collapsed: nothing said
     assert pen["collapse_alpha_n"] == 0 and "alpha at the collapse" not in findings_markdown([pen])
+
+
+def test_penalty_active_counts_the_log_points_where_the_penalty_term_was_positive(runs, tmp_path):
+    """Per member "n/N" (log points with penalty > 0 / with a penalty value, cut at the horizon);
+    per method summed over its members; nothing for a run without the column."""
+    pen = make_run(tmp_path, "pen_s12", [1, 2], [[0.1, 0.5, 0.9, 0.9, 0.88]] * 2, [[6, 5, 2.5, 2.2, 2.1]] * 2,
+                   method="penalty", penalty=[[0.0] * 5, [0.0, 0.0, 0.3, 0.0, 1e-9]])
+    r1, r2 = run_rows(pen)
+    assert (r1["penalty_active"], r2["penalty_active"]) == ("0/5", "2/5")
+    assert [r["penalty_active"] for r in run_rows(pen, horizon=100)] == ["0/3", "1/3"]
+    a, b, c = runs
+    assert all("penalty_active" not in r for r in run_rows(a) + run_rows(c))   # c: a penalty run without the column
+    agg = {m["method"]: m for m in method_rows(run_rows(a) + run_rows(pen))}
+    label = "penalty, target_alpha 2, lr 0.005, wd 0"
+    assert agg[label]["penalty_active"] == "2/10" and agg["plain, lr 0.005, wd 0"]["penalty_active"] is None
+    text = findings_markdown(list(agg.values()))
+    assert text.count("the penalty term was > 0 at") == 1 and "> 0 at 2 of 10 log points (all members)" in text
+    out = tmp_path / "v"
+    write_verdict([a, pen], out)
+    assert [r["penalty_active"] for r in csv.DictReader(open(out / "verdict.csv"))] == ["", "", "0/5", "2/5"]
+    assert [m["penalty_active"] for m in csv.DictReader(open(out / "methods.csv"))] == ["", "2/10"]
+    assert "| 2/10 | 0/2 |" in (out / "verdict.md").read_text()     # penalty > 0, then collapsed
 
 
 def test_horizon_cuts_every_number(runs):
