@@ -270,7 +270,11 @@ class SoftAlphaHook(TrainingHook):
     one-sided penalty costs one Gram ``eigvalsh`` per layer every ``grad_every`` steps (the check;
     at a refit step it reuses the refit's ``svdvals`` spectrum instead). The tail sizes
     are refitted every ``refit_every`` steps (step-based, so a resumed run refits at the same
-    steps). Logged per member: ``alpha_hat_<layer>``, ``penalty``.
+    steps). Logged per member: ``alpha_hat_<layer>``, ``penalty`` (the value at the log point) and,
+    since the penalty is one-sided and acts between log points too, how often it acted: at
+    ``penalty_refreshes_active`` of the ``penalty_refreshes`` refreshes since step
+    ``penalty_counted_from`` some layer's penalty term of that member was > 0 (a count kept in the
+    checkpoint; a run resumed from a checkpoint without it counts from the resume step).
     """
 
     name = "penalty"
@@ -282,6 +286,17 @@ class SoftAlphaHook(TrainingHook):
         self.penalty = penalty
         self.grad_every = int(grad_every)
         self.grads: dict[str, Tensor] = {}    # layer name -> cached β∇P (param shape)
+        self.refreshes = 0                     # refreshes counted since step ``counted_from``
+        self.active: Tensor | None = None      # (members,) of them with a penalty term > 0
+        self.counted_from: int | None = None
+
+    def _count(self, step: int, acted: list[Tensor]) -> None:
+        """One refresh at ``step``; ``acted``: per layer, (members,) bool — penalty term > 0."""
+        hit = torch.stack(torch.broadcast_tensors(*[a.detach().cpu() for a in acted])).any(0).long()
+        self.active = hit if self.active is None else self.active + hit
+        self.refreshes += 1
+        if self.counted_from is None:
+            self.counted_from = int(step)
 
     def _refresh(self, model: nn.Module, step: int) -> None:
         """New cached gradients. Layers that were active at the last refresh go straight to the
@@ -296,18 +311,22 @@ class SoftAlphaHook(TrainingHook):
         with torch.no_grad():   # the check: the refit's spectrum, else the (cheaper) Gram one
             fresh = {n: pen.alpha_of_logs(n, log_of(spectra[n])) if refit else pen.layer_alpha(layers[n], gram=True)
                      for n in layers if n not in self.grads}
-        maybe += [n for n, a in fresh.items() if float(pen.per_member({n: a}).sum()) > 0]
+        checked = {n: pen.per_member({n: a}) for n, a in fresh.items()}
+        maybe += [n for n, v in checked.items() if float(v.sum()) > 0]
+        acted = [v > 0 for v in checked.values()]
         self.grads = {}
         if not maybe:
+            self._count(step, acted)
             return
         device = {l.name: l.param.device for l in spectral_layers(model, maybe)}
         with torch.enable_grad():
             leaves = [layers[n].param.requires_grad_(True) for n in maybe]
-            per_layer = [pen.per_member({n: pen.layer_alpha(layers[n], gram=True)}).sum()
-                         for n in maybe]
+            per_member = [pen.per_member({n: pen.layer_alpha(layers[n], gram=True)}) for n in maybe]
+            per_layer = [v.sum() for v in per_member]
             grads = torch.autograd.grad(torch.stack(per_layer).sum(), leaves)
         self.grads = {n: g.detach().to(device[n]) for n, g, v in zip(maybe, grads, per_layer)
                       if float(v.detach()) > 0}
+        self._count(step, acted + [v.detach() > 0 for v in per_member])
 
     @property
     def period(self) -> int:
@@ -337,12 +356,21 @@ class SoftAlphaHook(TrainingHook):
         alphas = {layer.name: pen.layer_alpha(layer) for layer in layers}
         cols = {f"alpha_hat_{n}": a.cpu().tolist() for n, a in alphas.items()}
         cols["penalty"] = pen.per_member(alphas).cpu().tolist()
+        if self.active is not None:
+            k = len(cols["penalty"])
+            cols["penalty_refreshes"] = [self.refreshes] * k
+            cols["penalty_refreshes_active"] = torch.broadcast_to(self.active, (k,)).tolist()
+            cols["penalty_counted_from"] = [self.counted_from] * k
         return cols
 
     def state_dict(self) -> dict:
         return {"penalty": self.penalty.state_dict(),
-                "grads": {n: g.cpu() for n, g in self.grads.items()}}
+                "grads": {n: g.cpu() for n, g in self.grads.items()},
+                "refreshes": self.refreshes, "active": self.active, "counted_from": self.counted_from}
 
     def load_state_dict(self, sd: dict) -> None:
         self.penalty.load_state_dict(sd["penalty"])
         self.grads = dict(sd["grads"])
+        # a checkpoint written before the count was kept: count from the resume step
+        self.refreshes, self.active, self.counted_from = (sd.get("refreshes", 0), sd.get("active"),
+                                                          sd.get("counted_from"))

@@ -22,6 +22,9 @@ Per member (one row per run × member, ``run_rows``):
 * penalty active (soft-α penalty runs only: their ``penalty`` column): "n/N" — at n of the member's
   N log points the penalty term β Σ_l h(α* − α̂_l) was > 0, i.e. whether the method acted at all
   (one-sided, h(d) = 0 for d ≤ 0: exactly 0 while every layer's α̂ is at or above the target α*);
+  a sample — between log points the hook refreshes every ``penalty_grad_every`` steps, so
+  "penalty refreshes active" = "n/N from S": at n of the N refreshes the hook counted since step S
+  (runs made before the count was kept: since the first resume after it) a layer's term was > 0;
 * phases (``alphareg.phases.analyse_run`` with ``rules``): collapsed = test accuracy fell
   ``collapse_drop`` below a* at a later log point; "collapse prevented" = not collapsed by the
   horizon (by the run's last step without one; undecided while a run is short of the horizon);
@@ -68,7 +71,7 @@ from .rundir import CONFIG, METRICS, SEGMENTS, SUMMARY, read_metrics, read_segme
 COLUMNS = ("method", "lr", "wd", "run", "member", "seed", "steps", "peak_test_acc", "peak_step", "test_acc_1e6",
            "test_acc_1e7", "final_test_acc", "final_train_acc", "drop_from_peak",
            "late_trend", "min_alpha_after_peak", "min_alpha_layer", "max_traps_after_peak", "end_alpha",
-           "end_traps", "penalty_active", "collapsed", "collapse_step", "collapse_alpha", "collapse_alpha_step", "collapse_prevented", "warning_step",
+           "end_traps", "penalty_active", "penalty_refreshes_active", "collapsed", "collapse_step", "collapse_alpha", "collapse_alpha_step", "collapse_prevented", "warning_step",
            "warning_reason", "lead_time", "wall_time_s", "K", "device", "commit")
 CONTROL_WD_FACTOR = 1.25   # a plain run is a method's fixed-WD control if wd_ref / wd is within this factor
 LATE_WINDOW_DECADES = 0.5  # the late trend is fitted over this last part (decades of steps) of a run
@@ -224,12 +227,21 @@ def run_rows(path_or_run, rules: PhaseRules | None = None, horizon: int | None =
 def penalty_active(metrics: list[dict]) -> dict:
     """How often the soft-α penalty acted, from one member's metrics rows: ``penalty_points`` =
     (log points with ``penalty`` > 0, log points with a ``penalty`` value) and ``penalty_active``
-    = "n/N"; empty for a run without the column (not a penalty run)."""
+    = "n/N"; empty for a run without the column (not a penalty run). With the hook's refresh count
+    (``penalty_refreshes*`` columns) also ``penalty_refreshes`` = (active, refreshes, counted from
+    step) at the last row and ``penalty_refreshes_active`` = "n/N from S"."""
     vals = [float(r["penalty"]) for r in metrics if r.get("penalty") not in (None, "")]
     if not vals:
         return {}
     n = sum(v > 0 for v in vals)
-    return {"penalty_points": (n, len(vals)), "penalty_active": f"{n}/{len(vals)}"}
+    out = {"penalty_points": (n, len(vals)), "penalty_active": f"{n}/{len(vals)}"}
+    counted = [r for r in metrics if r.get("penalty_refreshes") not in (None, "")]
+    if counted:      # the hook's cumulative count: its last value at or before the horizon
+        last = counted[-1]
+        n, m, since = (int(float(last[c])) for c in ("penalty_refreshes_active", "penalty_refreshes",
+                                                      "penalty_counted_from"))
+        out.update(penalty_refreshes=(n, m, since), penalty_refreshes_active=f"{n}/{m} from {since}")
+    return out
 
 
 def _alpha_at(hk: list[dict], step: int) -> dict:
@@ -310,6 +322,12 @@ def method_rows(rows: list[dict]) -> list[dict]:
         agg["collapse_alpha_below"] = sum(min(d.values()) < ALPHA_AT_COLLAPSE_BELOW for d in at)
         pts = [r["penalty_points"] for r in rs if r.get("penalty_points")]
         agg["penalty_active"] = (f"{sum(n for n, _ in pts)}/{sum(m for _, m in pts)}" if pts else None)
+        ref = [r["penalty_refreshes"] for r in rs if r.get("penalty_refreshes")]
+        agg["penalty_refreshes_active"], agg["penalty_refreshes_members"] = None, len(ref)
+        if ref:
+            lo, hi = min(s for *_, s in ref), max(s for *_, s in ref)
+            agg["penalty_refreshes_active"] = (f"{sum(n for n, *_ in ref)}/{sum(m for _, m, _ in ref)} from "
+                                               + (f"{lo}" if lo == hi else f"{lo}–{hi}"))
         out.append(agg)
     return out
 
@@ -334,7 +352,7 @@ def _cell(v) -> str:
 def method_markdown(agg: list[dict]) -> str:
     head = ["method", "seeds", "steps reached", "at the horizon", "peak test acc", "test acc at 1e6", "test acc at 1e7",
             "final test acc", "drop from peak", "late trend (test acc per decade)", "min alpha after peak",
-            "max traps after peak", "penalty > 0 (log points)", "collapsed", "collapse prevented", "warned", "warning lead time (steps)",
+            "max traps after peak", "penalty > 0 (log points)", "penalty > 0 (refreshes, from step)", "collapsed", "collapse prevented", "warned", "warning lead time (steps)",
             "s per 1e5 member-steps", "device"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in agg:
@@ -343,7 +361,7 @@ def method_markdown(agg: list[dict]) -> str:
             a["method"], f"{a['n']} ({a['seeds']})", steps, f"{a['n_reached']}/{a['n']}", _ms(a["peak_test_acc"]),
             _ms(a["test_acc_1e6"]), _ms(a["test_acc_1e7"]), _ms(a["final_test_acc"]),
             _ms(a["drop_from_peak"]), _ms(a["late_trend"]), _ms(a["min_alpha_after_peak"], 2), _ms(a["max_traps_after_peak"], 1),
-            a.get("penalty_active") or "–", f"{a['collapsed']}/{a['n']}", f"{a['prevented']}/{a['n']}", f"{a['warned']}/{a['n']}",
+            a.get("penalty_active") or "–", a.get("penalty_refreshes_active") or "–", f"{a['collapsed']}/{a['n']}", f"{a['prevented']}/{a['n']}", f"{a['warned']}/{a['n']}",
             _ms(a["lead_time"], 0), _ms(a["seconds_per_1e5_member_steps"], 0), a["devices"]]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -351,7 +369,8 @@ def method_markdown(agg: list[dict]) -> str:
 def markdown_table(rows: list[dict]) -> str:
     head = ["method", "seed", "steps", "peak test acc (step)", "test acc at 1e6", "test acc at 1e7",
             "final test acc", "final train acc", "late trend (per decade)", "min alpha after peak (layer)", "max traps after peak",
-            "alpha at end", "traps at end (mean)", "penalty > 0 (log points)", "collapsed (step)", "alpha at collapse (step)",
+            "alpha at end", "traps at end (mean)", "penalty > 0 (log points)", "penalty > 0 (refreshes, from step)",
+            "collapsed (step)", "alpha at collapse (step)",
             "collapse prevented", "warning (step, reason)", "lead time", "wall time s (K)", "device", "run (created at commit)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -365,7 +384,7 @@ def markdown_table(rows: list[dict]) -> str:
             _cell(r.get("late_trend")),
             f"{_cell(r.get('min_alpha_after_peak'))} ({r.get('min_alpha_layer', '–')})",
             _cell(r.get("max_traps_after_peak")), r.get("end_alpha", "–"), r.get("end_traps", "–"),
-            r.get("penalty_active", "–"), coll, at_coll, _cell(r["collapse_prevented"]), warn, _cell(r["lead_time"]),
+            r.get("penalty_active", "–"), r.get("penalty_refreshes_active", "–"), coll, at_coll, _cell(r["collapse_prevented"]), warn, _cell(r["lead_time"]),
             f"{_cell(r['wall_time_s'])} ({r['K']})", r["device"], f"{r['run']} ({r['commit']})"]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -432,6 +451,10 @@ def findings_markdown(agg: list[dict]) -> str:
                   f"{ctl['collapsed']} of {ctl['n']}): " + _against(a, ctl, with_cost=False))
         if a.get("penalty_active"):
             s += f"; the penalty term was > 0 at {a['penalty_active'].replace('/', ' of ')} log points (all members)"
+        if a.get("penalty_refreshes_active"):
+            n_m, since = a["penalty_refreshes_active"].split(" from ")
+            s += (f" and at {n_m.replace('/', ' of ')} of the hook's refreshes counted from step {since} "
+                  f"({a['penalty_refreshes_members']} of {a['n']} members counted)")
         if a["lead_time"] is not None:
             s += f"; the early warning came {_ms(a['lead_time'], 0)} steps before the collapse"
         if a.get("collapse_alpha_n"):

@@ -182,6 +182,58 @@ def test_penalty_hook_on_host_copies_gives_the_weights_own_gradient(paper_split)
             assert layer.name not in hook.grads
 
 
+def test_hook_counts_per_member_the_refreshes_at_which_the_penalty_acted():
+    """One layer, three members, the target between their alphas: the members below it are
+    counted at every refresh (check or differentiable pass), the others never; the count, its
+    start step and the refreshes go through the checkpoint, and a checkpoint written before the
+    count was kept resumes counting from the resume step."""
+    model = PopulationMLP([60, 50, 40, 10], seeds=[0, 1, 2], dtype=torch.float64)
+    pen = SoftAlphaPenalty(target=2.0, beta=1.0, refit_every=5, layers=["fc2"])
+    pen.refit(model)
+    with torch.no_grad():
+        a = pen.layer_alpha(spectral_layers(model, ["fc2"])[0])
+    lo, mid, hi = sorted(a.tolist())
+    pen.target = (mid + hi) / 2               # members with the two smaller alphas are below it
+    hook = SoftAlphaHook(pen, grad_every=1)
+    for step in (5, 6, 7):     # a refit step (check, then the differentiable pass), then the pass alone
+        hook._refresh(model, step)
+    want = [3 if float(x) < pen.target else 0 for x in a]
+    assert sorted(want) == [0, 3, 3]
+    assert (hook.refreshes, hook.active.tolist(), hook.counted_from) == (3, want, 5)
+    trainer = type("T", (), {"model": model})()
+    cols = hook.at_log_point(trainer, [])
+    assert (cols["penalty_refreshes"], cols["penalty_refreshes_active"], cols["penalty_counted_from"]) == \
+        ([3] * 3, want, [5] * 3)
+    assert [c > 0 for c in cols["penalty"]] == [w > 0 for w in want]
+    again = SoftAlphaHook(pen, grad_every=1)
+    again.load_state_dict(hook.state_dict())
+    again._refresh(model, 8)
+    assert (again.refreshes, again.active.tolist(), again.counted_from) == (4, [w + (w > 0) for w in want], 5)
+    old = {k: v for k, v in hook.state_dict().items() if k in ("penalty", "grads")}
+    fresh = SoftAlphaHook(pen, grad_every=1)
+    fresh.load_state_dict(old)
+    assert "penalty_refreshes" not in fresh.at_log_point(trainer, [])     # nothing counted yet
+    fresh._refresh(model, 9)
+    assert (fresh.refreshes, fresh.active.tolist(), fresh.counted_from) == (1, [int(w > 0) for w in want], 9)
+    pen.target = lo - 1.0                     # below every member: the check finds nothing to do
+    off = SoftAlphaHook(pen, grad_every=1)
+    off._refresh(model, 10)
+    assert (off.refreshes, off.active.tolist(), off.grads) == (1, [0, 0, 0], {})
+
+
+def test_penalty_hook_logs_its_refresh_count_in_training(paper_split):
+    """In the engine: refreshes at steps 0, 3, 6, 9 of 12; target 10 keeps both members active."""
+    from alphareg.config import RunConfig
+    from alphareg.engine import Trainer
+    tr = Trainer(RunConfig(method="penalty", target_alpha=10.0, seeds=(0, 1), lr=(5e-3,),
+                           penalty_grad_every=3, progress=False), data=paper_split)
+    tr.train_steps(12)
+    hook = next(h for h in tr.hooks if isinstance(h, SoftAlphaHook))
+    cols = hook.at_log_point(tr, [])
+    assert (cols["penalty_refreshes"], cols["penalty_refreshes_active"], cols["penalty_counted_from"]) == \
+        ([4, 4], [4, 4], [0, 0])
+
+
 def test_hook_check_reuses_the_refit_spectrum_and_otherwise_takes_the_gram_one(monkeypatch):
     """The refresh's no-gradient check (is a layer's penalty > 0?) decides as the ``svdvals``
     alpha does; it costs one ``svdvals`` per layer at a refit step (the refit's own spectrum,

@@ -19,9 +19,10 @@ STEPS = [0, 10, 100, 1000, 10000]
 
 
 def make_run(root: Path, name: str, seeds, test_accs, fc1_alphas, *, wd=0.0, method="none",
-             traps=None, wall=(0, 1, 2, 3, 4), steps=STEPS, device="cpu", penalty=None, **method_args) -> Path:
-    """A run directory as the engine writes it: config.json, metrics.csv, htsr.csv; with ``penalty``
-    (per member, per step) the penalty hook's ``penalty`` column too."""
+             traps=None, wall=(0, 1, 2, 3, 4), steps=STEPS, device="cpu", extra=None, **method_args) -> Path:
+    """A run directory as the engine writes it: config.json, metrics.csv, htsr.csv; ``extra``: more
+    metrics columns (name -> values per member, per step), e.g. the penalty hook's."""
+    extra = extra or {}
     cfg = RunConfig(lr=[5e-3], wd=[wd], seeds=list(seeds), method=method, name=name, **method_args)
     path = root / name
     path.mkdir(parents=True)
@@ -31,11 +32,11 @@ def make_run(root: Path, name: str, seeds, test_accs, fc1_alphas, *, wd=0.0, met
     with open(path / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["step", "member", "seed", "lr", "wd", "train_acc", "test_acc", "wall_time"]
-                   + (["penalty"] if penalty else []))
+                   + list(extra))
         for i, st in enumerate(steps):
             for k, seed in enumerate(seeds):
                 w.writerow([st, k, seed, 5e-3, wd, 0.5 if st == 0 else 1.0, test_accs[k][i], wall[i]]
-                           + ([penalty[k][i]] if penalty else []))
+                           + [v[k][i] for v in extra.values()])
     with open(path / "htsr.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["step", "member", "seed", "layer", "alpha", "traps_mean"])
@@ -109,7 +110,7 @@ def test_penalty_active_counts_the_log_points_where_the_penalty_term_was_positiv
     """Per member "n/N" (log points with penalty > 0 / with a penalty value, cut at the horizon);
     per method summed over its members; nothing for a run without the column."""
     pen = make_run(tmp_path, "pen_s12", [1, 2], [[0.1, 0.5, 0.9, 0.9, 0.88]] * 2, [[6, 5, 2.5, 2.2, 2.1]] * 2,
-                   method="penalty", penalty=[[0.0] * 5, [0.0, 0.0, 0.3, 0.0, 1e-9]])
+                   method="penalty", extra={"penalty": [[0.0] * 5, [0.0, 0.0, 0.3, 0.0, 1e-9]]})
     r1, r2 = run_rows(pen)
     assert (r1["penalty_active"], r2["penalty_active"]) == ("0/5", "2/5")
     assert [r["penalty_active"] for r in run_rows(pen, horizon=100)] == ["0/3", "1/3"]
@@ -124,7 +125,31 @@ def test_penalty_active_counts_the_log_points_where_the_penalty_term_was_positiv
     write_verdict([a, pen], out)
     assert [r["penalty_active"] for r in csv.DictReader(open(out / "verdict.csv"))] == ["", "", "0/5", "2/5"]
     assert [m["penalty_active"] for m in csv.DictReader(open(out / "methods.csv"))] == ["", "2/10"]
-    assert "| 2/10 | 0/2 |" in (out / "verdict.md").read_text()     # penalty > 0, then collapsed
+    assert "| 2/10 | – | 0/2 |" in (out / "verdict.md").read_text()     # penalty > 0, refreshes, collapsed
+
+
+def test_penalty_refreshes_active_reads_the_hooks_count_at_the_last_row_before_the_horizon(tmp_path):
+    """The hook's cumulative count (empty before it was kept): per member "n/N from S" at the
+    last row at or before the horizon; per method the sums and the range of S."""
+    counts = {"penalty": [[0.0] * 5] * 2,
+              "penalty_refreshes": [["", "", 3, 48, 498]] * 2,
+              "penalty_refreshes_active": [["", "", 0, 5, 7], ["", "", 1, 1, 1]],
+              "penalty_counted_from": [["", "", 40, 40, 40]] * 2}
+    pen = make_run(tmp_path, "pen_s12", [1, 2], [[0.1, 0.5, 0.9, 0.9, 0.88]] * 2, [[6, 5, 2.5, 2.2, 2.1]] * 2,
+                   method="penalty", extra=counts)
+    r1, r2 = run_rows(pen)
+    assert (r1["penalty_refreshes_active"], r2["penalty_refreshes_active"]) == ("7/498 from 40", "1/498 from 40")
+    assert [r.get("penalty_refreshes_active") for r in run_rows(pen, horizon=1000)] == ["5/48 from 40", "1/48 from 40"]
+    assert [r.get("penalty_refreshes_active") for r in run_rows(pen, horizon=10)] == [None, None]   # not counted yet
+    (agg,) = method_rows(run_rows(pen, horizon=1000))
+    assert (agg["penalty_refreshes_active"], agg["penalty_refreshes_members"]) == ("6/96 from 40", 2)
+    assert ("the penalty term was > 0 at 0 of 8 log points (all members) and at 6 of 96 of the hook's refreshes "
+            "counted from step 40 (2 of 2 members counted)") in findings_markdown([agg])
+    other = make_run(tmp_path, "pen_s3", [3], [[0.1, 0.5, 0.9, 0.9, 0.88]], [[6, 5, 2.5, 2.2, 2.1]],
+                     method="penalty", extra={"penalty": [[0.0] * 5], "penalty_refreshes": [[1, 2, 3, 4, 5]],
+                                              "penalty_refreshes_active": [[0] * 5], "penalty_counted_from": [[0] * 5]})
+    (agg,) = method_rows(run_rows(pen) + run_rows(other))
+    assert agg["penalty_refreshes_active"] == "8/1001 from 0–40"
 
 
 def test_horizon_cuts_every_number(runs):
