@@ -64,7 +64,9 @@ def add_method_flags(p: argparse.ArgumentParser, default_method: str) -> None:
     g.add_argument("--penalty-sharpness", type=float, default=D.penalty_sharpness,
                    help="smooth-hinge sharpness s: quadratic within 1/s of the target, linear beyond")
     g.add_argument("--penalty-two-sided", action="store_true",
-                   help="also penalise alpha above the target (default: only below)")
+                   help="also penalise alpha above the target (default: only below). It does not dependably "
+                        "LOWER alpha: with k held between refits it pushes the tail's smallest eigenvalues "
+                        "out of the tail and the refit's alpha can rise (alphareg/regularizers.py)")
     g.add_argument("--penalty-layers", type=_list(str, "--penalty-layers"), default=(),
                    help="layers the penalty acts on, e.g. fc1,fc2 (default: all)")
     g.add_argument("--refit-every", type=int, default=D.refit_every,

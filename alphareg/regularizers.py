@@ -21,6 +21,12 @@ H_s is a C¹ "smooth hinge" with sharpness s: exactly zero when every alpha is a
 (one-sided), quadratic near the target, linear (slope 1) far from it. A one-sided penalty only
 pushes alpha *up* and so never manufactures spikes.
 
+Pulling alpha *down* (two-sided, alpha above the target) is not dependable: Σ_{i<=k}(ℓ_i − ℓ_k)
+depends on ℓ_k with weight −(k − 1) and on each other tail log-eigenvalue with +1, so descent mostly
+pushes the tail's smallest eigenvalues down and out of the tail; the next KS refit drops them and
+can choose a tail with a *higher* alpha (30 Adam steps on a layer with alpha 3 raise weightwatcher's
+alpha by about half a unit: ``tests/test_regularizers.py``, the strict-xfail two-sided test).
+
 Layers: any module's ``nn.Linear`` / ``nn.Embedding`` weights (one matrix), ``nn.Conv1d/2d/3d``
 weights (the (out, in) slice of every kernel position, their eigenvalues pooled into one ESD as
 weightwatcher does for Conv2d), and population-stacked weights (``alphareg.models.PopulationMLP``:

@@ -127,6 +127,33 @@ def test_adam_on_the_penalty_raises_weightwatchers_alpha_of_a_heavy_tailed_layer
     assert after > before + 0.3, (before, after)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "known limitation: with the tail size k held between refits, the gradient of alpha-hat pulls the "
+    "tail's smallest eigenvalues down out of the tail (the k-th has weight k - 1), the next refit "
+    "drops them and picks a tail with a HIGHER alpha (3.07 -> 3.62 here; `pytest --runxfail -k two_sided` prints "
+    "them). A fix makes this pass; then remove the mark and the warning of --penalty-two-sided"))
+def test_two_sided_penalty_lowers_weightwatchers_alpha_where_the_one_sided_one_is_zero():
+    """The paper config's collapse comes with alphas far above 2 (reports/verdict): there the
+    one-sided penalty is exactly 0; the two-sided one (--penalty-two-sided) is > 0 and should pull
+    weightwatcher's alpha down as the one-sided one pulls it up (the test above)."""
+    lin = nn.Linear(150, 100, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        lin.weight.copy_(power_law_spectrum(100, 150, gamma=0.25))   # tail alpha 1 + 1/(2 gamma) = 3
+    model = nn.Sequential(lin)
+    before = ww_reference(model)[0]["alpha"]
+    assert before > 2.5
+    assert SoftAlphaPenalty(target=2.0, beta=1.0)(model).item() == 0.0
+    pen = SoftAlphaPenalty(target=2.0, beta=1.0, refit_every=5, two_sided=True)
+    assert pen(model).item() > 0
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        pen(model).backward()
+        opt.step()
+    after = ww_reference(model)[0]["alpha"]      # measured by the weightwatcher package
+    assert after < before - 0.3, (before, after)
+
+
 def test_layer_selection_and_errors():
     pop = PopulationMLP([30, 20, 20, 10], seeds=[0])
     assert [l.name for l in spectral_layers(pop)] == ["fc1", "fc2", "fc3"]
