@@ -41,12 +41,17 @@ PRESETS = {"fast": ("5e-3", 10**6, "fast_lr5e-3"), "paper": ("5e-4", 10**7, "pap
 #: method key -> (module, flags). The WD = 0.01 control is the paper's; WD = 0.02 is the fixed-WD
 #: control of the tuned WD controller (its study's best reference WD is about that); the α-guided
 #: methods use their defaults at target 2 (the Optuna study's best settings replace them once one
-#: exists).
+#: exists). ``penalty2s_t2`` is the soft-α penalty made two-sided with the rank-size gradient
+#: (``alphareg.regularizers``: it also pulls an alpha above the target down to it): in the paper
+#: config WD = 0 collapses with fc1's and fc2's alphas far above 2, where the one-sided
+#: ``penalty_t2`` has nothing to correct and never acted.
 METHODS = {
     "wd0": ("experiments.baseline", ("--wd", "0")),
     "wd0.01": ("experiments.baseline", ("--wd", "0.01")),
     "wd0.02": ("experiments.baseline", ("--wd", "0.02")),
     "penalty_t2": ("experiments.alpha_reg", ("--target", "2.0")),
+    "penalty2s_t2": ("experiments.alpha_reg", ("--target", "2.0", "--penalty-two-sided",
+                                                "--penalty-gradient", "zipf")),
     "wdctl_t2": ("experiments.alpha_reg", ("--method", "wd_controller", "--target", "2.0")),
     "lrctl_t2": ("experiments.alpha_reg", ("--method", "lr_controller", "--target", "2.0")),
     "grokfast": ("experiments.alpha_reg", ("--method", "grokfast")),

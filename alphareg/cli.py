@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from typing import Callable, Sequence
 
 from .checkpoint import CheckpointError
-from .config import DEVICES, DTYPES, ENGINES, LOSSES, TASKS, ConfigError, RunConfig
+from .config import DEVICES, DTYPES, ENGINES, LOSSES, PENALTY_GRADIENTS, TASKS, ConfigError, RunConfig
 from .data import DataNotFoundError
 
 D = RunConfig()
@@ -64,9 +64,13 @@ def add_method_flags(p: argparse.ArgumentParser, default_method: str) -> None:
     g.add_argument("--penalty-sharpness", type=float, default=D.penalty_sharpness,
                    help="smooth-hinge sharpness s: quadratic within 1/s of the target, linear beyond")
     g.add_argument("--penalty-two-sided", action="store_true",
-                   help="also penalise alpha above the target (default: only below). It does not dependably "
-                        "LOWER alpha: with k held between refits it pushes the tail's smallest eigenvalues "
-                        "out of the tail and the refit's alpha can rise (alphareg/regularizers.py)")
+                   help="also penalise alpha above the target (default: only below); to pull alpha "
+                        "down it needs --penalty-gradient zipf")
+    g.add_argument("--penalty-gradient", choices=PENALTY_GRADIENTS, default=D.penalty_gradient,
+                   help="gradient of the penalty's alpha: hill (its own; pushes the tail's smallest "
+                        "eigenvalues out of the tail when lowering alpha, so the refit's alpha can rise) "
+                        "or zipf (the rank-size exponent's: stretches the whole tail; same value). "
+                        "See alphareg/regularizers.py")
     g.add_argument("--penalty-layers", type=_list(str, "--penalty-layers"), default=(),
                    help="layers the penalty acts on, e.g. fc1,fc2 (default: all)")
     g.add_argument("--refit-every", type=int, default=D.refit_every,
@@ -110,7 +114,7 @@ def add_method_flags(p: argparse.ArgumentParser, default_method: str) -> None:
 
 
 METHOD_ARGS = ("optimizer", "momentum", "val_per_class", "method", "target_alpha", "penalty_beta",
-               "penalty_sharpness", "penalty_two_sided", "refit_every", "penalty_grad_every",
+               "penalty_sharpness", "penalty_two_sided", "penalty_gradient", "refit_every", "penalty_grad_every",
                "control_every", "alpha_ema", "deadband", "lr_gain", "wd_gain", "lr_rule", "wd_rule",
                "wd_ref", "shuffle_alphas", "grokfast_alpha", "grokfast_lamb", "specnorm_beta",
                "patience", "patience_min_steps", "min_delta", "wandb", "wandb_project", "wandb_entity", "wandb_group",

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 DTYPES = ("float64", "float32")
+#: the gradient of the soft-α penalty's alpha (alphareg/regularizers.py): Hill's own or rank-size
+PENALTY_GRADIENTS = ("hill", "zipf")
 ENGINES = ("fast", "autograd")
 DEVICES = ("auto", "cpu", "cuda")
 LOSSES = ("mse", "ce", "stablemax")
@@ -109,6 +111,7 @@ class RunConfig:
     penalty_beta: float = 0.01      # strength of the soft-alpha penalty
     penalty_sharpness: float = 10.0  # smooth-hinge sharpness s (quadratic within 1/s of target)
     penalty_two_sided: bool = False  # penalise alpha above the target too
+    penalty_gradient: str = "hill"  # gradient of alpha-hat: hill (its own) or zipf (rank-size; pulls down)
     penalty_layers: tuple[str, ...] = ()  # layer names (fc1, ...); empty = all
     refit_every: int = 100          # steps between KS refits of the tail size k
     penalty_grad_every: int = 20    # steps between fresh penalty gradients (held in between)
@@ -194,6 +197,8 @@ class RunConfig:
         if self.method != "none":
             from .methods import method_fields
             extra = {k: v for k, v in self.to_dict().items() if k in method_fields(self.method)}
+            if extra.get("penalty_gradient") == "hill":   # added later: older runs keep their names
+                del extra["penalty_gradient"]
             digest = hashlib.sha1(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:6]
             name += f"_{self.method}_{digest}"
         return name
@@ -364,6 +369,9 @@ class RunConfig:
         for flag, b in (("--lr-bounds", self.lr_bounds), ("--wd-bounds", self.wd_bounds)):
             if b and not (len(b) == 2 and 0 <= b[0] <= b[1]):
                 raise ConfigError(f"{flag} {_fmt(b)} is not allowed; give lo,hi with 0 <= lo <= hi")
+        if self.penalty_gradient not in PENALTY_GRADIENTS:
+            raise ConfigError(f"--penalty-gradient {self.penalty_gradient!r} is unknown; allowed: "
+                              f"{', '.join(PENALTY_GRADIENTS)}")
         if self.lr_rule not in ("anchored", "tempbalance"):
             raise ConfigError(f"--lr-rule {self.lr_rule!r} is unknown; allowed: anchored, tempbalance")
         if self.wd_rule not in ("anchored", "alphadecay"):

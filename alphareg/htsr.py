@@ -48,6 +48,10 @@ Differentiable tail exponent (``alpha_from_tail``)
     ``α̂ = 1 + k / Σ_{i<=k} (ℓ_(i) - ℓ_(k))`` (``k - 1`` in the numerator with
     ``bias_corrected=True``); with k = ``num_pl_spikes`` this is ``fit_alpha``'s alpha, and its
     gradient flows through ``torch.linalg.svdvals``.
+    ``zipf_alpha_from_tail``: the same tail's exponent from the rank-size (Zipf) regression,
+    ``α_Z = 1 − slope`` of ln(rank) on ℓ over the top k (rank 1 = largest), since
+    P(λ > x) ∝ x^−(α−1). Its gradient ∝ (ℓ_(i) − mean ℓ) stretches or compresses the tail about
+    its mean; the Hill form's puts weight −(k − 1) on ℓ_(k) alone.
 
 Correlation traps (``correlation_traps``) = ``analyze(randomize=True)``
     For replicate r the entries of W are permuted by a generator seeded with (seed, r) (weightwatcher
@@ -150,15 +154,9 @@ def log_eigenvalues(W, **kw) -> Tensor:
     return torch.log(eigenvalues(W, **kw))
 
 
-def alpha_from_tail(logs_sorted: Tensor, k, bias_corrected: bool = False) -> Tensor:
-    """Hill/MLE exponent of the top-k tail, differentiable in ``logs_sorted``.
-
-    ``logs_sorted``: (..., n) log-eigenvalues sorted ASCENDING (as from ``log_eigenvalues``);
-    the tail is the last k entries ℓ_(1) >= ... >= ℓ_(k) and
-    ``α̂ = 1 + k / Σ_{i<=k}(ℓ_(i) - ℓ_(k))`` (numerator ``k - 1`` if ``bias_corrected``, the
-    small-N estimator). ``k``: int or integer tensor broadcastable to the leading shape,
-    2 <= k <= n (e.g. ``fit_alpha(W).num_pl_spikes``).
-    """
+def _tail(logs_sorted: Tensor, k) -> tuple[Tensor, Tensor, Tensor]:
+    """(k, in_tail mask, index of ℓ_(k)) of the top-k tail of ascending log-eigenvalues (..., n),
+    k broadcast to the leading shape; raises unless 2 <= k <= n."""
     if logs_sorted.dim() < 1:
         raise ValueError("logs_sorted must have at least one dimension (..., n)")
     n = logs_sorted.shape[-1]
@@ -172,11 +170,42 @@ def alpha_from_tail(logs_sorted: Tensor, k, bias_corrected: bool = False) -> Ten
                          f"[{int(k_t.min())}, {int(k_t.max())}]")
     pos = torch.arange(n, device=logs_sorted.device)
     first = (n - k_t).unsqueeze(-1)                                 # index of xmin
-    in_tail = pos >= first
+    return k_t, pos >= first, first
+
+
+def alpha_from_tail(logs_sorted: Tensor, k, bias_corrected: bool = False) -> Tensor:
+    """Hill/MLE exponent of the top-k tail, differentiable in ``logs_sorted``.
+
+    ``logs_sorted``: (..., n) log-eigenvalues sorted ASCENDING (as from ``log_eigenvalues``);
+    the tail is the last k entries ℓ_(1) >= ... >= ℓ_(k) and
+    ``α̂ = 1 + k / Σ_{i<=k}(ℓ_(i) - ℓ_(k))`` (numerator ``k - 1`` if ``bias_corrected``, the
+    small-N estimator). ``k``: int or integer tensor broadcastable to the leading shape,
+    2 <= k <= n (e.g. ``fit_alpha(W).num_pl_spikes``).
+    """
+    k_t, in_tail, first = _tail(logs_sorted, k)
     l_min = torch.gather(logs_sorted, -1, first)                    # ℓ_(k)
     excess = torch.where(in_tail, logs_sorted - l_min, torch.zeros_like(logs_sorted)).sum(-1)
     num = (k_t - 1 if bias_corrected else k_t).to(logs_sorted.dtype)
     return 1.0 + num / excess
+
+
+def zipf_alpha_from_tail(logs_sorted: Tensor, k) -> Tensor:
+    """Rank-size exponent of the top-k tail, differentiable in ``logs_sorted`` (same input as
+    ``alpha_from_tail``): with r_i the rank of ℓ_(i) (1 = largest),
+
+        α_Z = 1 − Σ (ℓ_(i) − ℓ̄)(ln r_i − m) / Σ (ℓ_(i) − ℓ̄)²      over i <= k,
+
+    ℓ̄ and m the tail means. Exact on a pure power law: σ_i ∝ i^−γ gives α_Z = 1 + 1/(2γ) for every k.
+    """
+    k_t, in_tail, _ = _tail(logs_sorted, k)
+    n = logs_sorted.shape[-1]
+    zero = torch.zeros_like(logs_sorted)
+    kf = k_t.to(logs_sorted.dtype).unsqueeze(-1)
+    log_rank = torch.log((n - torch.arange(n, device=logs_sorted.device)).to(logs_sorted.dtype))
+    l_c = torch.where(in_tail, logs_sorted - torch.where(in_tail, logs_sorted, zero).sum(-1, keepdim=True) / kf, zero)
+    y_c = torch.where(in_tail, log_rank - torch.where(in_tail, log_rank, zero).sum(-1, keepdim=True) / kf, zero)
+    var = (l_c * l_c).sum(-1).clamp_min(torch.finfo(logs_sorted.dtype).tiny)
+    return 1.0 - (l_c * y_c).sum(-1) / var
 
 
 # ----------------------------------------------------------------------------------------------

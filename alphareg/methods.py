@@ -30,7 +30,7 @@ CHOICES = ("none", *ORDER, *ALIASES)
 #: config fields that shape each component (they name the run directory, see RunConfig.run_name)
 FIELDS = {
     "penalty": ("target_alpha", "penalty_beta", "penalty_sharpness", "penalty_two_sided",
-                "penalty_layers", "refit_every", "penalty_grad_every"),
+                "penalty_gradient", "penalty_layers", "refit_every", "penalty_grad_every"),
     "lr_controller": ("target_alpha", "control_every", "alpha_ema", "deadband", "lr_gain",
                       "lr_rule", "lr_bounds", "shuffle_alphas"),
     "wd_controller": ("target_alpha", "control_every", "alpha_ema", "deadband", "wd_gain",
@@ -76,7 +76,7 @@ def build_hooks(cfg) -> list:
             v = cfg.method_value
             pen = SoftAlphaPenalty(v("target_alpha"), v("penalty_beta"), v("penalty_sharpness"),
                                    cfg.penalty_two_sided, list(cfg.penalty_layers) or None,
-                                   cfg.refit_every)
+                                   cfg.refit_every, cfg.penalty_gradient)
             hooks.append(SoftAlphaHook(pen, cfg.penalty_grad_every))
         elif comp == "spectral_norm":
             from baselines.spectral_norm import SpectralNormPenalty

@@ -21,11 +21,15 @@ H_s is a C¹ "smooth hinge" with sharpness s: exactly zero when every alpha is a
 (one-sided), quadratic near the target, linear (slope 1) far from it. A one-sided penalty only
 pushes alpha *up* and so never manufactures spikes.
 
-Pulling alpha *down* (two-sided, alpha above the target) is not dependable: Σ_{i<=k}(ℓ_i − ℓ_k)
-depends on ℓ_k with weight −(k − 1) and on each other tail log-eigenvalue with +1, so descent mostly
-pushes the tail's smallest eigenvalues down and out of the tail; the next KS refit drops them and
-can choose a tail with a *higher* alpha (30 Adam steps on a layer with alpha 3 raise weightwatcher's
-alpha by about half a unit: ``tests/test_regularizers.py``, the strict-xfail two-sided test).
+Pulling alpha *down* (two-sided, alpha above the target) needs ``gradient="zipf"``. With the
+default ``"hill"`` the gradient is that of α̂ above: Σ_{i<=k}(ℓ_i − ℓ_k) depends on ℓ_k with weight
+−(k − 1) and on each other tail log-eigenvalue with +1, so descent mostly pushes the tail's smallest
+eigenvalues down and out of the tail; the next KS refit drops them and can choose a tail with a
+*higher* alpha (``tests/test_regularizers.py``: weightwatcher's alpha of a layer at 3 rises under
+it). ``gradient="zipf"`` keeps the value α̂ (so the hinge, the logs and the refit agreement are
+unchanged) and takes the gradient of the rank-size exponent of the same tail
+(``alphareg.htsr.zipf_alpha_from_tail``, straight through: stopgrad(α̂) + α_Z − stopgrad(α_Z)), which
+stretches the whole tail about its mean: the same test lowers weightwatcher's alpha with it.
 
 Layers: any module's ``nn.Linear`` / ``nn.Embedding`` weights (one matrix), ``nn.Conv1d/2d/3d``
 weights (the (out, in) slice of every kernel position, their eigenvalues pooled into one ESD as
@@ -43,8 +47,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .config import PENALTY_GRADIENTS as GRADIENTS
 from .hooks import TrainingHook
-from .htsr import alpha_from_tail, fit_alpha_evals
+from .htsr import alpha_from_tail, fit_alpha_evals, zipf_alpha_from_tail
 
 #: eigenvalues are clamped to this before the log (zero eigenvalues never enter the tail, but
 #: log(0) would poison the gradient of the masked entries)
@@ -179,14 +184,18 @@ class SoftAlphaPenalty:
     """β Σ H_s(target − α̂) over layers and members (see the module docstring).
 
     ``refit_every``: the tail size k is re-chosen by the KS scan every this many calls to
-    :meth:`__call__` (1 = every call). ``layers``: names to act on (None = all).
+    :meth:`__call__` (1 = every call). ``layers``: names to act on (None = all). ``gradient``:
+    ``"hill"`` (α̂'s own) or ``"zipf"`` (the rank-size exponent's, needed to pull alpha down).
     """
 
     def __init__(self, target=2.0, beta=0.1, sharpness=10.0,
                  two_sided: bool = False, layers: Sequence[str] | None = None,
-                 refit_every: int = 100):
+                 refit_every: int = 100, gradient: str = "hill"):
         if not min(_as_list(sharpness)) > 0:
             raise ValueError(f"sharpness must be > 0, got {sharpness}")
+        if gradient not in GRADIENTS:
+            raise ValueError(f"gradient {gradient!r} is unknown; allowed: {', '.join(GRADIENTS)}")
+        self.gradient = gradient
         if not refit_every >= 1:
             raise ValueError(f"refit_every must be >= 1, got {refit_every}")
         # a float, or one value per population member (a population of Optuna trials)
@@ -234,6 +243,9 @@ class SoftAlphaPenalty:
         k = torch.where(valid, fit.k.to(logs.device), torch.full_like(fit.k, 2).to(logs.device))
         a = torch.where(fit.small_n.to(logs.device), alpha_from_tail(logs, k, bias_corrected=True),
                         alpha_from_tail(logs, k))
+        if self.gradient == "zipf":     # value α̂, gradient of the rank-size exponent only
+            z = zipf_alpha_from_tail(logs, k)
+            a = a.detach() + (z - z.detach())
         return torch.where(valid, a, torch.full_like(a, float("nan")))
 
     def per_member(self, alphas: dict[str, Tensor]) -> Tensor:

@@ -16,6 +16,8 @@ def test_plan_keeps_the_existing_run_names_and_seeds():
     assert runs["fast_lr5e-3_wd0_s01"].seeds == "0,1" and runs["fast_lr5e-3_wd0_s2"].seeds == "2"
     assert runs["fast_lr5e-3_penalty_t2_s2"].flags == ("--target", "2.0")
     assert runs["fast_lr5e-3_wd0.01_s012"].seeds == "0,1,2"
+    assert runs["fast_lr5e-3_penalty2s_t2_s012"].flags == ("--target", "2.0", "--penalty-two-sided",
+                                                           "--penalty-gradient", "zipf")
     assert (runs["fast_lr5e-3_wd0.02_s012"].module, runs["fast_lr5e-3_wd0.02_s012"].flags) == ("experiments.baseline", ("--wd", "0.02"))
     cmd = runs["fast_lr5e-3_wdctl_t2_s2"].command(300_000, "runs")
     assert cmd[1:] == ["-m", "experiments.alpha_reg", "--lr", "5e-3", "--method", "wd_controller",

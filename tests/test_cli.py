@@ -209,6 +209,20 @@ def test_alpha_reg_run_records_alpha_penalty_lr_and_wd_and_plots_them(tmp_path):
     assert (tmp_path / "ar" / "plots" / "fig_alpha_control.png").stat().st_size > 10_000
 
 
+def test_two_sided_zipf_penalty_run_acts_above_the_target(tmp_path):
+    """Target 1.5, every layer's alpha far above it: the one-sided penalty would be 0."""
+    r = cli("--steps", "40", "--lr", "5e-3", "--target", "1.5", "--penalty-two-sided",
+            "--penalty-gradient", "zipf", "--runs-dir", str(tmp_path), "--name", "z", "--no-htsr",
+            "--no-snapshots", "--no-progress", "--penalty-grad-every", "5", module="experiments.alpha_reg")
+    assert r.returncode == 0, r.stderr
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "z" / "metrics.csv")))
+    cfg = json.loads((tmp_path / "z" / "config.json").read_text())["config"]
+    assert (cfg["penalty_two_sided"], cfg["penalty_gradient"]) == (True, "zipf")
+    assert all(min(float(x[f"alpha_hat_fc{i}"]) for i in (1, 2, 3)) > 1.5 for x in rows)
+    assert all(float(x["penalty"]) > 0 for x in rows)
+
+
 def test_controller_run_changes_layer_lrs(tmp_path):
     r = cli("--steps", "40", "--method", "lr_controller", "--control-every", "10", "--target", "8",
             "--runs-dir", str(tmp_path), "--name", "lc", "--no-htsr", "--no-snapshots",
@@ -228,6 +242,7 @@ def test_controller_run_changes_layer_lrs(tmp_path):
     (["--alpha-ema", "1.5"], "--alpha-ema"),
     (["--lr-bounds", "2,1"], "--lr-bounds"),
     (["--optimizer", "lookahead"], "--optimizer"),
+    (["--penalty-gradient", "newton"], "--penalty-gradient"),
 ])
 def test_alpha_reg_bad_input_is_one_line_exit_2(tmp_path, args, flag):
     r = cli(*args, "--runs-dir", str(tmp_path), module="experiments.alpha_reg")

@@ -199,6 +199,30 @@ def test_alpha_from_tail_is_the_fitted_alpha_and_differentiable():
         htsr.alpha_from_tail(logs.detach(), 101)
 
 
+def test_zipf_alpha_from_tail_is_exact_on_a_power_law_and_agrees_with_numpy():
+    i = torch.arange(1, 101, dtype=torch.float64)
+    for gamma in (0.25, 0.5, 1.0):          # σ_i = 10 i^-γ: λ_i = 100 i^-2γ, tail exponent 1 + 1/(2γ)
+        logs = torch.log(100 * i ** (-2 * gamma)).flip(0)      # ascending
+        got = htsr.zipf_alpha_from_tail(torch.stack([logs, logs, logs]), torch.tensor([2, 17, 100]))
+        torch.testing.assert_close(got, torch.full((3,), 1 + 1 / (2 * gamma), dtype=torch.float64))
+    # a noisy spectrum, one k per member: 1 - the least-squares slope of ln(rank) on ln(lambda)
+    W = torch.randn(2, 60, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    logs = htsr.log_eigenvalues(W).requires_grad_(True)
+    ks = [9, 25]
+    got = htsr.zipf_alpha_from_tail(logs, torch.tensor(ks))
+    for m, k in enumerate(ks):
+        tail = logs.detach()[m, -k:].flip(0).numpy()
+        slope = np.polyfit(tail, np.log(np.arange(1, k + 1)), 1)[0]
+        assert got[m].item() == pytest.approx(1 - slope, rel=1e-10)
+    got.sum().backward()
+    g = logs.grad[1]
+    assert (g[:-25] == 0).all() and torch.isfinite(g).all()   # only the tail moves it
+    assert torch.autograd.gradcheck(lambda x: htsr.zipf_alpha_from_tail(x, torch.tensor(ks)),
+                                    (logs.detach().clone().requires_grad_(),), eps=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="tail size k"):
+        htsr.zipf_alpha_from_tail(logs.detach(), 1)
+
+
 def test_bad_shapes_raise():
     with pytest.raises(ValueError, match=r"\(\.\.\., N, M\)"):
         htsr.fit_alpha(torch.randn(10))

@@ -184,6 +184,9 @@ def test_method_runs_get_their_own_directory_names():
     assert a.run_name() != b.run_name() != RunConfig().run_name()
     assert a.run_name() == RunConfig(method="penalty").run_name()
     assert RunConfig(method="penalty", specnorm_beta=3.0).run_name() == a.run_name()  # unused flag
+    # penalty_gradient came later: at its default a penalty run keeps the name older alphareg gave it
+    assert a.run_name() == "mlp_lr0.0005_wd0_s0_float64_penalty_692dfd"
+    assert RunConfig(method="penalty", penalty_gradient="zipf").run_name() != a.run_name()
 
 
 def test_checkpoint_from_before_a_config_field_existed_still_resumes(paper_split):
