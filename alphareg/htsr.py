@@ -201,9 +201,12 @@ def zipf_alpha_from_tail(logs_sorted: Tensor, k) -> Tensor:
     n = logs_sorted.shape[-1]
     zero = torch.zeros_like(logs_sorted)
     kf = k_t.to(logs_sorted.dtype).unsqueeze(-1)
+
+    def centred(v):                      # v minus its tail mean on the tail, 0 elsewhere
+        return torch.where(in_tail, v - torch.where(in_tail, v, zero).sum(-1, keepdim=True) / kf, zero)
+
     log_rank = torch.log((n - torch.arange(n, device=logs_sorted.device)).to(logs_sorted.dtype))
-    l_c = torch.where(in_tail, logs_sorted - torch.where(in_tail, logs_sorted, zero).sum(-1, keepdim=True) / kf, zero)
-    y_c = torch.where(in_tail, log_rank - torch.where(in_tail, log_rank, zero).sum(-1, keepdim=True) / kf, zero)
+    l_c, y_c = centred(logs_sorted), centred(log_rank)
     var = (l_c * l_c).sum(-1).clamp_min(torch.finfo(logs_sorted.dtype).tiny)
     return 1.0 - (l_c * y_c).sum(-1) / var
 

@@ -195,13 +195,13 @@ class SoftAlphaPenalty:
             raise ValueError(f"sharpness must be > 0, got {sharpness}")
         if gradient not in GRADIENTS:
             raise ValueError(f"gradient {gradient!r} is unknown; allowed: {', '.join(GRADIENTS)}")
-        self.gradient = gradient
         if not refit_every >= 1:
             raise ValueError(f"refit_every must be >= 1, got {refit_every}")
         # a float, or one value per population member (a population of Optuna trials)
         self.target, self.beta, self.sharpness = _scalar_or_tensor(target), _scalar_or_tensor(beta), \
             _scalar_or_tensor(sharpness)
         self.two_sided, self.layers, self.refit_every = bool(two_sided), layers, int(refit_every)
+        self.gradient = gradient
         self.fits: dict[str, TailFit] = {}
         self.calls = 0
 

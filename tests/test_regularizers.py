@@ -110,20 +110,29 @@ def test_one_sided_penalty_is_zero_with_zero_gradient_when_all_alphas_are_above_
     assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.parameters())
 
 
-def test_adam_on_the_penalty_raises_weightwatchers_alpha_of_a_heavy_tailed_layer():
-    lin = nn.Linear(150, 100, bias=False, dtype=torch.float64)
+def one_layer(W):
+    """A bias-free Linear holding W (out x in), in a Sequential as the penalty expects."""
+    lin = nn.Linear(W.shape[1], W.shape[0], bias=False, dtype=torch.float64)
     with torch.no_grad():
-        lin.weight.copy_(power_law_spectrum(100, 150))
-    model = nn.Sequential(lin)
-    before = ww_reference(model)[0]["alpha"]
-    assert before < 1.7
-    pen = SoftAlphaPenalty(target=2.0, beta=1.0, refit_every=5)
+        lin.weight.copy_(W)
+    return nn.Sequential(lin)
+
+
+def adam_on_penalty(model, pen, steps):
+    """``steps`` Adam steps (lr 1e-2) on the penalty alone; weightwatcher's alpha after them."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(30):
+    for _ in range(steps):
         opt.zero_grad()
         pen(model).backward()
         opt.step()
-    after = ww_reference(model)[0]["alpha"]      # measured by the weightwatcher package
+    return ww_reference(model)[0]["alpha"]      # measured by the weightwatcher package
+
+
+def test_adam_on_the_penalty_raises_weightwatchers_alpha_of_a_heavy_tailed_layer():
+    model = one_layer(power_law_spectrum(100, 150))
+    before = ww_reference(model)[0]["alpha"]
+    assert before < 1.7
+    after = adam_on_penalty(model, SoftAlphaPenalty(target=2.0, beta=1.0, refit_every=5), 30)
     assert after > before + 0.3, (before, after)
 
 
@@ -140,21 +149,14 @@ def test_two_sided_penalty_lowers_weightwatchers_alpha_where_the_one_sided_one_i
     """The paper config's collapse comes with alphas far above 2 (reports/verdict): there the
     one-sided penalty is exactly 0; the two-sided one (--penalty-two-sided) is > 0 and, with the
     rank-size gradient, pulls weightwatcher's alpha down as the one-sided one pulls it up."""
-    lin = nn.Linear(150, 100, bias=False, dtype=torch.float64)
-    with torch.no_grad():   # a pure power law with tail alpha 1 + 1/(2 gamma) = 3, or Student-t entries
-        lin.weight.copy_(power_law_spectrum(100, 150, gamma=0.25) if df is None else heavy(100, 150, df=df, seed=1))
-    model = nn.Sequential(lin)
+    # a pure power law with tail alpha 1 + 1/(2 gamma) = 3, or Student-t entries
+    model = one_layer(power_law_spectrum(100, 150, gamma=0.25) if df is None else heavy(100, 150, df=df, seed=1))
     before = ww_reference(model)[0]["alpha"]
     assert before > 3
     assert SoftAlphaPenalty(target=2.0, beta=1.0)(model).item() == 0.0
     pen = SoftAlphaPenalty(target=2.0, beta=1.0, refit_every=5, two_sided=True, gradient=gradient)
     assert pen(model).item() > 0
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        pen(model).backward()
-        opt.step()
-    after = ww_reference(model)[0]["alpha"]      # measured by the weightwatcher package
+    after = adam_on_penalty(model, pen, 60)
     assert after < before - 0.8, (before, after)
     print(f"{gradient} df={df}: weightwatcher alpha {before:.2f} -> {after:.2f}")
 
@@ -185,18 +187,9 @@ def test_zipf_gradient_keeps_the_penalty_value_and_raises_alpha_like_hill():
     for pen in (hill, zipf):
         pen.refit_layer(SpectralLayer("w", W, False))
     assert zipf.layer_alpha(SpectralLayer("w", W, False)).item() == hill.layer_alpha(SpectralLayer("w", W, False)).item()
-    lin = nn.Linear(150, 100, bias=False, dtype=torch.float64)
-    with torch.no_grad():
-        lin.weight.copy_(W)
-    model = nn.Sequential(lin)
+    model = one_layer(W)
     before = ww_reference(model)[0]["alpha"]
-    pen = SoftAlphaPenalty(target=2.0, beta=1.0, refit_every=5, gradient="zipf")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(30):
-        opt.zero_grad()
-        pen(model).backward()
-        opt.step()
-    assert ww_reference(model)[0]["alpha"] > before + 0.3
+    assert adam_on_penalty(model, SoftAlphaPenalty(target=2.0, beta=1.0, refit_every=5, gradient="zipf"), 30) > before + 0.3
     with pytest.raises(ValueError, match="gradient 'newton' is unknown"):
         SoftAlphaPenalty(gradient="newton")
 
