@@ -20,13 +20,28 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj: Any, path: Path) -> None:
+    """Write ``obj`` to ``path`` so that ``path`` is always the old or the new object, whole.
+
+    On failure the temporary file is removed. A Ctrl-C that lands inside ``torch.save`` leaves its
+    zip writer mid-record, and the writer's clean-up then raises a ``RuntimeError`` ("unexpected
+    pos ...") that hides the interrupt; the interrupt is raised again instead.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            try:
+                torch.save(obj, f)
+            except RuntimeError as e:
+                if isinstance(e.__context__, KeyboardInterrupt):
+                    raise e.__context__ from None
+                raise
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:

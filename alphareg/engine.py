@@ -347,16 +347,21 @@ class Trainer:
                          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         self.tracker = self._start_tracker()
         monitor = self._start_monitor()
-        if self.step == 0 and not self.run_dir.read_metrics():
-            rows = self._log_point(monitor)
-        else:
-            rows = [r for r in self.run_dir.read_metrics() if int(r["step"]) == self.step]
         bar = ProgressBar(target, self.step, cfg.run_name(), enabled=cfg.progress)
-        bar.show_metrics(rows)
+        self._stop_signal = None
         finished = False
         try:
+            # signals are caught from the first log point on: a Ctrl-C inside torch.save would
+            # otherwise surface as the zip writer's RuntimeError, not as an interruption
             with self._catch_signals():
+                if self.step == 0 and not self.run_dir.read_metrics():
+                    rows = self._log_point(monitor)
+                else:
+                    rows = [r for r in self.run_dir.read_metrics() if int(r["step"]) == self.step]
+                bar.show_metrics(rows)
                 for p in points:
+                    if self._stop_signal is not None:   # arrived during a log point
+                        raise Interrupted(self.step)     # whose checkpoint is this step's
                     chunk = self.steps_per_call()
                     while self.step < p:
                         t = time.perf_counter()

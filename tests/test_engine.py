@@ -278,6 +278,62 @@ def test_sigterm_checkpoints_mid_interval_and_resume_is_bitwise_identical(tmp_pa
     assert len(read_segments(resumed.run_dir.path)) == 2
 
 
+def test_ctrl_c_during_the_first_log_point_is_an_interruption_at_step_0(tmp_path, paper_split):
+    """The first log point writes the first checkpoint; a SIGINT arriving while it does is caught
+    like any other (was: KeyboardInterrupt inside torch.save, seen as the zip writer's error)."""
+    cfg = _cfg(tmp_path, "first")
+    tr = _new_trainer(cfg, paper_split)
+    original = tr.save_checkpoint
+
+    def signal_then_save():
+        if tr.step == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        original()
+    tr.save_checkpoint = signal_then_save
+    try:
+        tr.run()
+    except KeyboardInterrupt:       # would end the pytest session
+        pytest.fail("SIGINT during the first log point escaped as KeyboardInterrupt")
+    except Interrupted as e:
+        assert e.step == 0
+    else:
+        pytest.fail("the run was not interrupted")
+    assert {r["step"] for r in tr.run_dir.read_metrics()} == {"0"}
+    resumed = _new_trainer(cfg, paper_split)
+    assert resumed.step == 0
+    resumed.run()
+    full = _new_trainer(_cfg(tmp_path, "whole"), paper_split)
+    full.run()
+    for a, b in zip(_params(full), _params(resumed)):
+        assert torch.equal(a, b)
+
+
+def test_ctrl_c_inside_torch_save_raises_keyboardinterrupt_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    """torch.save's zip writer, cut mid-record by KeyboardInterrupt, raises RuntimeError("unexpected
+    pos") on exit; save_atomic raises the interrupt instead, leaves no temporary file, and the
+    previous checkpoint stays readable."""
+    import io
+
+    from alphareg import checkpoint as ckpt
+    path = tmp_path / "checkpoint.pt"
+    ckpt.save_atomic({"v": torch.zeros(10)}, path)
+
+    class CutFile(io.FileIO):                 # Ctrl-C once 4 kB are written
+        def write(self, b):
+            if self.tell() > 4096:
+                raise KeyboardInterrupt
+            return super().write(b)
+    with pytest.raises(RuntimeError, match="unexpected pos"):   # what torch does on its own
+        with CutFile(tmp_path / "raw.pt", "wb") as f:
+            torch.save({"v": torch.ones(10_000)}, f)
+    (tmp_path / "raw.pt").unlink()
+    monkeypatch.setattr(ckpt, "open", CutFile, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_atomic({"v": torch.ones(10_000)}, path)
+    assert [q.name for q in tmp_path.iterdir()] == ["checkpoint.pt"]
+    assert torch.equal(torch.load(path)["v"], torch.zeros(10))
+
+
 def test_segments_after_the_checkpoint_a_resume_starts_from_are_cut(tmp_path):
     """Steps after the checkpoint are trained again on resume, so the segments that covered them
     end at the checkpoint's step (and those that began after it go)."""
