@@ -288,6 +288,7 @@ class Trainer:
         """SIGINT / SIGTERM set a flag; the loop checkpoints at the next step boundary."""
         def handler(signum, frame):
             self._stop_signal = signum
+        self._stop_signal = None    # a signal of an earlier run() does not stop this one
         installed = {}
         if hasattr(signal, "SIGTERM"):
             try:
@@ -348,7 +349,6 @@ class Trainer:
         self.tracker = self._start_tracker()
         monitor = self._start_monitor()
         bar = ProgressBar(target, self.step, cfg.run_name(), enabled=cfg.progress)
-        self._stop_signal = None
         finished = False
         try:
             # signals are caught from the first log point on: a Ctrl-C inside torch.save would

@@ -1,4 +1,5 @@
 """Population == standalone plain-PyTorch runs; in-process interruption and resume."""
+import io
 import json
 import os
 import signal
@@ -7,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from alphareg import checkpoint as ckpt
 from alphareg.config import RunConfig
 from alphareg.engine import Interrupted, Trainer
 from alphareg.models import PopulationMLP
@@ -312,9 +314,6 @@ def test_ctrl_c_inside_torch_save_raises_keyboardinterrupt_and_keeps_the_old_che
     """torch.save's zip writer, cut mid-record by KeyboardInterrupt, raises RuntimeError("unexpected
     pos") on exit; save_atomic raises the interrupt instead, leaves no temporary file, and the
     previous checkpoint stays readable."""
-    import io
-
-    from alphareg import checkpoint as ckpt
     path = tmp_path / "checkpoint.pt"
     ckpt.save_atomic({"v": torch.zeros(10)}, path)
 
