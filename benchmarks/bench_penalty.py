@@ -11,7 +11,11 @@ Every contender is ``Trainer.train_steps`` of the paper's MLP (float64, batch 20
 * inactive — default settings, target 2.0 (at initialisation every alpha is above 2, as through
   most of a run: the hook only evaluates alpha without gradient every ``--penalty-grad-every``);
 * active   — target 20 (every layer penalised: a differentiable pass every 20 steps);
-* active, no gradient reuse — ``--penalty-grad-every 1`` (what a naive per-step penalty costs).
+* active, no gradient reuse — ``--penalty-grad-every 1`` (what a naive per-step penalty costs);
+* the same two with ``--penalty-gradient zipf`` (the gradient of the rank-size exponent
+  α_Z = 1 − least-squares slope of ln rank on ln eigenvalue over the tail, instead of Hill's),
+  and the two-sided zipf penalty at target 2 (the evidence method ``penalty2s_t2``: every alpha above 2 is penalised too,
+  so it is active from the first step).
 
 Timings alternate between the contenders; the median of ``--repeats`` is kept. ``--steps`` should
 span several refresh intervals (20) and refits (100).
@@ -36,6 +40,14 @@ CONTENDERS = {
     "penalty, active (target 20)": {"method": "penalty", "target_alpha": 20.0},
     "penalty, active, no gradient reuse": {"method": "penalty", "target_alpha": 20.0,
                                            "penalty_grad_every": 1},
+    "penalty, active, zipf gradient (target 20)": {"method": "penalty", "target_alpha": 20.0,
+                                                   "penalty_gradient": "zipf"},
+    "penalty, active, zipf gradient, no gradient reuse": {"method": "penalty", "target_alpha": 20.0,
+                                                          "penalty_gradient": "zipf",
+                                                          "penalty_grad_every": 1},
+    "penalty, two-sided zipf (target 2: penalty2s_t2)": {"method": "penalty", "target_alpha": 2.0,
+                                                         "penalty_two_sided": True,
+                                                         "penalty_gradient": "zipf"},
     "lr controller (defaults)": {"method": "lr_controller"},
     "wd controller (defaults)": {"method": "wd_controller"},
     "grokfast": {"method": "grokfast"},
@@ -67,13 +79,13 @@ def main(argv=None) -> dict:
     rows = []
     print(f"float64, K={args.K}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}, median of {args.repeats} x {args.steps} steps")
-    print(f"{'method':42s} {'steps/s':>8s} {'overhead vs none':>17s} {'ratio vs plain':>15s}")
+    print(f"{'method':50s} {'steps/s':>8s} {'overhead vs none':>17s} {'ratio vs plain':>15s}")
     for n in fns:
         r = statistics.median(rates[n])
         row = {"method": n, "steps_per_s": r, "overhead_vs_none": ref / r - 1,
                "member_steps_ratio_vs_plain": r * (1 if n.startswith("plain") else args.K) / plain}
         rows.append(row)
-        print(f"{n:42s} {r:8.1f} {row['overhead_vs_none']:16.1%} {row['member_steps_ratio_vs_plain']:15.2f}")
+        print(f"{n:50s} {r:8.1f} {row['overhead_vs_none']:16.1%} {row['member_steps_ratio_vs_plain']:15.2f}")
     return save_results(args.json, {"benchmark": "method_overhead", "K": args.K, "steps": args.steps,
                                     "repeats": args.repeats, "threads": torch.get_num_threads(),
                                     "rows": rows, "raw_steps_per_s": rates})
