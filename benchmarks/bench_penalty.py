@@ -1,6 +1,6 @@
 """Cost per training step of the soft-alpha penalty, the alpha controllers and the baselines.
 
-    python -m benchmarks.bench_penalty [--steps 400] [--repeats 3] [--K 1]
+    python -m benchmarks.bench_penalty [--steps 300] [--repeats 15] [--K 1]
                                        [--json reports/benchmarks/penalty_cpu.json]
 
 Every contender is ``Trainer.train_steps`` of the paper's MLP (float64, batch 200, AdamW) with one
@@ -14,10 +14,11 @@ Every contender is ``Trainer.train_steps`` of the paper's MLP (float64, batch 20
 * active, no gradient reuse — ``--penalty-grad-every 1`` (what a naive per-step penalty costs);
 * the same two with ``--penalty-gradient zipf`` (the gradient of the rank-size exponent
   α_Z = 1 − least-squares slope of ln rank on ln eigenvalue over the tail, instead of Hill's),
-  and the two-sided zipf penalty at target 2 (the evidence method ``penalty2s_t2``: every alpha above 2 is penalised too,
-  so it is active from the first step).
+  and the two-sided zipf penalty at target 2 (the evidence method ``penalty2s_t2``: every alpha
+  above 2 is penalised too, so it is active from the first step).
 
-Timings alternate between the contenders; the median of ``--repeats`` is kept. ``--steps`` should
+Timings alternate between the contenders; the median of ``--repeats`` is kept (many short repeats
+resist the drift of a shared VM's speed better than a few long ones). ``--steps`` should
 span several refresh intervals (20) and refits (100).
 """
 from __future__ import annotations
@@ -58,8 +59,9 @@ CONTENDERS = {
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=400, help="timed steps per contender and repeat")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=300, help="timed steps per contender and repeat")
+    ap.add_argument("--repeats", type=int, default=15,
+                    help="alternating repeats; the median is kept (this VM's speed drifts by ~±10 %%)")
     ap.add_argument("--K", type=int, default=1, help="population size of every contender")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
