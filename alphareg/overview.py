@@ -110,11 +110,12 @@ def overview_cells(folders) -> list[Cell]:
     return sorted(cells, key=lambda c: c.horizon)   # stable: methods in the shortest horizon's order
 
 
-def steps_label(steps: int) -> str:
-    """10^5 → "1e5", 2·10^5 → "2e5", 125000 → "1.25e5"."""
+def steps_label(steps: int, digits: int = 6) -> str:
+    """10^5 → "1e5", 2·10^5 → "2e5", 125000 → "1.25e5"; the mantissa to `digits` significant
+    digits (794328 → "7.94328e5", with digits=3 → "7.94e5": the figure's tick labels)."""
     exp = int(math.floor(math.log10(steps))) if steps > 0 else 0
     mant = steps / 10**exp
-    return f"{mant:g}e{exp}"
+    return f"{mant:.{digits}g}e{exp}"
 
 
 def _matrix(cells: list[Cell], horizons: list[int], cell_text) -> list[str]:
@@ -191,7 +192,7 @@ def plot_overview(cells: list[Cell], path: Path) -> None:
     a1.grid(alpha=0.3, which="both")
     cmap = plt.get_cmap("RdYlGn_r").with_extremes(bad="white")
     a2.imshow(np.ma.masked_invalid(frac), cmap=cmap, vmin=-0.3, vmax=1.3, aspect="auto")  # pale ends: text readable
-    a2.set_xticks(range(len(horizons)), [steps_label(h) for h in horizons])
+    a2.set_xticks(range(len(horizons)), [steps_label(h, 3) for h in horizons], rotation=45, ha="right")
     a2.set_yticks(range(len(methods)), [m if len(m) <= 48 else m[:45] + "…" for m in methods], fontsize=8)
     a2.set_xlabel("horizon (steps)")
     a2.set_title("seeds collapsed by the horizon (blank: not reached)")

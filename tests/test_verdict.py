@@ -401,6 +401,8 @@ def test_overview_puts_each_horizon_beside_the_others(runs, tmp_path):
         (pen, "1000", "0"), (pen, "10000", "0"), (plain, "1000", "1"), (plain, "10000", "2")]
     assert (tmp_path / "ov" / "overview_lr0.005.png").stat().st_size > 10_000
     assert [steps_label(s) for s in (1000, 100_000, 200_000, 125_000, 10**6)] == ["1e3", "1e5", "2e5", "1.25e5", "1e6"]
+    assert [steps_label(s, 3) for s in (794_328, 1_995_262, 2_238_721)] == ["7.94e5", "2e6", "2.24e6"]
+    assert steps_label(794_328) == "7.94328e5"
 
 
 def test_no_wall_time_ratio_between_kinds_of_device(tmp_path):
