@@ -91,6 +91,9 @@ def add_method_flags(p: argparse.ArgumentParser, default_method: str) -> None:
                    help="lo,hi bounds of the wd multiplier (default: anchored 0,3; alphadecay 0.666,3)")
     g.add_argument("--wd-ref", type=float, default=D.wd_ref,
                    help="wd controllers: wd = wd_ref x multiplier; --method weight_decay: the constant wd")
+    g.add_argument("--wd-layers", type=_list(str, "--wd-layers"), default=(),
+                   help="--method weight_decay: the layers that get --wd-ref, e.g. fc2,fc3; the others "
+                        "keep --wd (default: all layers)")
     g.add_argument("--shuffle-alphas", action="store_true",
                    help="ablation: the controllers see the alphas permuted across layers and members")
     g.add_argument("--grokfast-alpha", type=float, default=D.grokfast_alpha, help="Grokfast-EMA momentum")
@@ -236,7 +239,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         runs_dir=args.runs_dir, name=args.name,
         progress=not args.no_progress,
         penalty_layers=tuple(args.penalty_layers), lr_bounds=tuple(args.lr_bounds),
-        wd_bounds=tuple(args.wd_bounds), **{k: getattr(args, k) for k in METHOD_ARGS})
+        wd_bounds=tuple(args.wd_bounds), wd_layers=tuple(args.wd_layers), **{k: getattr(args, k) for k in METHOD_ARGS})
 
 
 def run_main(prog: str, description: str, argv: Sequence[str] | None = None,

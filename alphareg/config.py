@@ -125,6 +125,7 @@ class RunConfig:
     lr_bounds: tuple[float, ...] = ()   # (lo, hi) multiplier bounds; empty = the rule's default
     wd_bounds: tuple[float, ...] = ()
     wd_ref: float = 0.01            # wd controllers: wd = wd_ref * multiplier; weight_decay baseline's wd
+    wd_layers: tuple[str, ...] = ()  # weight_decay baseline: layers given wd_ref (others keep wd); empty = all
     shuffle_alphas: bool = False    # ablation: controllers see permuted alphas
     grokfast_alpha: float = 0.98
     grokfast_lamb: float = 2.0
@@ -199,6 +200,8 @@ class RunConfig:
             extra = {k: v for k, v in self.to_dict().items() if k in method_fields(self.method)}
             if extra.get("penalty_gradient") == "hill":   # added later: older runs keep their names
                 del extra["penalty_gradient"]
+            if extra.get("wd_layers") == []:               # likewise
+                del extra["wd_layers"]
             digest = hashlib.sha1(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:6]
             name += f"_{self.method}_{digest}"
         return name
@@ -380,6 +383,12 @@ class RunConfig:
         bad = [n for n in self.penalty_layers if n not in names]
         if bad:
             raise ConfigError(f"--penalty-layers {_fmt(bad)} unknown; this model has {', '.join(names)}")
+        bad = [n for n in self.wd_layers if n not in names]
+        if bad:
+            raise ConfigError(f"--wd-layers {_fmt(bad)} unknown; this model has {', '.join(names)}")
+        if self.wd_layers and "weight_decay" not in comps:
+            raise ConfigError(f"--wd-layers {_fmt(self.wd_layers)} needs --method weight_decay (it names the "
+                              f"layers that get the constant --wd-ref); this run's method is {self.method!r}")
         if "early_stop" in comps and self.task != "mnist":
             raise ConfigError(f"--method early_stop needs a validation split, which --task {self.task} "
                               "does not have (only --task mnist: --val-per-class)")

@@ -12,7 +12,8 @@ lr_controller      α-scheduled per-layer lr, ``--lr-rule`` (``alphareg.controll
 tempbalance        = lr_controller with ``--lr-rule tempbalance``
 wd_controller      α-scheduled per-layer wd, ``--wd-rule`` (``alphareg.controllers``)  alias: wd
 alphadecay         = wd_controller with ``--wd-rule alphadecay``
-weight_decay       constant AdamW wd = ``--wd-ref`` (``baselines.weight_decay``; the WD control)
+weight_decay       constant AdamW wd = ``--wd-ref`` on ``--wd-layers`` (default all;
+                   ``baselines.weight_decay``; the WD control)
 early_stop         early stopping on the validation split (``baselines.early_stopping``)
 =================  ===========================================================================
 
@@ -38,7 +39,7 @@ FIELDS = {
     "grokfast": ("grokfast_alpha", "grokfast_lamb"),
     "spectral_norm": ("specnorm_beta",),
     "orthograd": (),
-    "weight_decay": ("wd_ref",),
+    "weight_decay": ("wd_ref", "wd_layers"),
     "early_stop": ("patience", "patience_min_steps", "min_delta", "val_per_class"),
 }
 
@@ -103,7 +104,7 @@ def build_hooks(cfg) -> list:
             from baselines.weight_decay import WeightDecay
             if isinstance(cfg.method_value("wd_ref"), list):
                 raise ConfigError("weight_decay's wd_ref cannot differ between members: use --wd per member")
-            hooks.append(WeightDecay(cfg.wd_ref))
+            hooks.append(WeightDecay(cfg.wd_ref, list(cfg.wd_layers) or None))
         elif comp == "early_stop":
             from baselines.early_stopping import EarlyStopping
             hooks.append(EarlyStopping(cfg.patience, cfg.min_delta, cfg.patience_min_steps))

@@ -62,7 +62,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import RunConfig
-from .methods import method_fields
+from .methods import method_fields, parse_method
 from .monitor import HTSR, HTSRTable
 from .phases import PhaseRules, analyse_run
 from .report import _mean_sd, _nearest_row, _value
@@ -128,14 +128,17 @@ def load_run(path: str | Path, rules: PhaseRules | None = None, horizon: int | N
 
 def member_label(cfg: RunConfig, k: int) -> str:
     """What member ``k`` of a run trained with: method, its settings that differ from the
-    defaults (target always), lr, wd — and the task/dtype when not the MNIST paper defaults."""
+    defaults (always the target and the weight_decay method's wd_ref), lr, wd — and the task/dtype
+    when not the MNIST paper defaults. A list setting reads ``fc2,fc3``."""
     default = RunConfig.for_task(cfg.task)
     parts = [cfg.method if cfg.method != "none" else "plain"]
+    always = {"target_alpha"} | ({"wd_ref"} if "weight_decay" in parse_method(cfg.method) else set())
     if cfg.method != "none":
         for name in sorted(method_fields(cfg.method) - {"method"}):
             v = cfg.member_method_value(name, k)
-            if name == "target_alpha" or v != getattr(default, name):
-                v = list(v) if isinstance(v, (list, tuple)) else v
+            if name in always or v != getattr(default, name):
+                if isinstance(v, (list, tuple)):
+                    v = ",".join(x if isinstance(x, str) else f"{x:g}" for x in v)
                 parts.append(f"{name} {v:g}" if isinstance(v, float) else f"{name} {v}")
     parts += [f"lr {cfg.member_lrs()[k]:g}", f"wd {cfg.member_wds()[k]:g}"]
     if cfg.task != "mnist":

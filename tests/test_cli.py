@@ -239,6 +239,8 @@ def test_controller_run_changes_layer_lrs(tmp_path):
     (["--method", "magic"], "--method"),
     (["--method", "early_stop"], "--val-per-class"),
     (["--penalty-layers", "fc7"], "--penalty-layers"),
+    (["--method", "weight_decay", "--wd-layers", "fc7"], "--wd-layers"),
+    (["--wd-layers", "fc2"], "--method weight_decay"),
     (["--alpha-ema", "1.5"], "--alpha-ema"),
     (["--lr-bounds", "2,1"], "--lr-bounds"),
     (["--optimizer", "lookahead"], "--optimizer"),

@@ -241,3 +241,41 @@ def test_member_overrides_only_for_per_member_fields():
     with pytest.raises(ConfigError, match="cannot differ"):
         RunConfig(seeds=(0, 1), method="penalty",
                   member_overrides=({"refit_every": 5}, {"refit_every": 7})).validate()
+
+
+def test_weight_decay_on_some_layers_equals_adamw_param_groups(paper_split):
+    """--method weight_decay --wd-layers fc2,fc3: a plain torch AdamW with wd_ref on fc2's and
+    fc3's weights and biases and the base wd (0.001 here) on fc1's, member by member."""
+    from test_engine import plain_reference
+    steps, wd_ref, base = 60, 0.5, 0.001
+
+    def groups(ps, lr, wd):
+        ps = list(ps)                     # nn.Sequential order: w1 b1 w2 b2 w3 b3
+        return torch.optim.AdamW([{"params": ps[:2], "weight_decay": base},
+                                  {"params": ps[2:], "weight_decay": wd_ref}], lr=lr)
+
+    cfg = RunConfig(method="weight_decay", wd_ref=wd_ref, wd_layers=("fc2", "fc3"), wd=(base,),
+                    seeds=(0, 1), lr=(5e-3,), steps=steps, progress=False).validate()
+    tr = Trainer(cfg, data=paper_split)
+    tr.train_steps(steps)
+    everywhere = Trainer(RunConfig(method="weight_decay", wd_ref=wd_ref, wd=(base,), seeds=(0, 1),
+                                   lr=(5e-3,), steps=steps, progress=False), data=paper_split)
+    everywhere.train_steps(steps)
+    for k, seed in enumerate((0, 1)):
+        ref = plain_reference(paper_split[0], seed, 5e-3, None, steps, make_opt=groups)
+        ours = [p[k] for p in (*tr.model.weights, *tr.model.biases)]
+        for i, j in enumerate([0, 2, 4, 1, 3, 5]):
+            assert torch.allclose(ours[i], ref[j], rtol=0, atol=1e-9), (k, i)
+        # fc1 kept the base wd: it differs from the all-layer run's fc1 by the extra decay
+        assert not torch.allclose(ours[0], everywhere.model.weights[0][k], rtol=0, atol=1e-6)
+
+
+def test_wd_layers_keep_the_older_run_names():
+    """Runs made before --wd-layers existed keep their directory (resume) names."""
+    import hashlib
+    import json
+    cfg = RunConfig(method="weight_decay", wd_ref=0.02)
+    old = hashlib.sha1(json.dumps({"method": "weight_decay", "wd_ref": 0.02}, sort_keys=True)
+                       .encode()).hexdigest()[:6]
+    assert cfg.run_name().endswith(f"_weight_decay_{old}")
+    assert RunConfig(method="weight_decay", wd_ref=0.02, wd_layers=("fc2",)).run_name() != cfg.run_name()

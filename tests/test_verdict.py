@@ -230,6 +230,8 @@ def test_member_labels_name_what_differs():
     cfg = RunConfig(seeds=[0, 1], method="penalty", member_overrides=({"penalty_beta": 0.1}, {}))
     assert member_label(cfg, 0) == "penalty, penalty_beta 0.1, target_alpha 2, lr 0.0005, wd 0"
     assert member_label(cfg, 1) == "penalty, target_alpha 2, lr 0.0005, wd 0"
+    cfg = RunConfig(method="weight_decay", wd_layers=("fc2", "fc3"))      # wd_ref at its default 0.01
+    assert member_label(cfg, 0) == "weight_decay, wd_layers fc2,fc3, wd_ref 0.01, lr 0.0005, wd 0"
 
 
 def test_paper_tables_read_at_paper_steps_moved_to_the_lr(runs):
