@@ -44,15 +44,19 @@ PRESETS = {"fast": ("5e-3", 10**6, "fast_lr5e-3"), "paper": ("5e-4", 10**7, "pap
 #: exists). ``penalty2s_t2`` is the soft-α penalty made two-sided with the rank-size gradient
 #: (``alphareg.regularizers``: it also pulls an alpha above the target down to it): in the paper
 #: config WD = 0 collapses with fc1's and fc2's alphas far above 2, where the one-sided
-#: ``penalty_t2`` has nothing to correct and never acted. ``wd0.01_fc23`` is the per-layer fixed-WD
-#: control of the WD controller: WD = 0.01 on fc2 and fc3 only, the layers the controller decays in
-#: the paper config (it leaves fc1 near 0) — whether its gain is just "WD on those layers".
+#: ``penalty_t2`` has nothing to correct and never acted. ``wd0.01_fc23`` and ``wd0.004_fc23`` are
+#: per-layer fixed-WD controls of the WD controller: a constant WD on fc2 and fc3 only, the layers
+#: the controller decays in the paper config (it leaves fc1 near 0) — whether its gain is just "WD
+#: on those layers". 0.01 is its reference WD; 0.004 is about the step-averaged WD it gave fc2 and
+#: fc3 over its first 3.5e6 steps (0.003-0.007 per layer and seed; fc1 under 0.001).
 METHODS = {
     "wd0": ("experiments.baseline", ("--wd", "0")),
     "wd0.01": ("experiments.baseline", ("--wd", "0.01")),
     "wd0.02": ("experiments.baseline", ("--wd", "0.02")),
     "wd0.01_fc23": ("experiments.alpha_reg", ("--method", "weight_decay", "--wd-ref", "0.01",
                                               "--wd-layers", "fc2,fc3")),
+    "wd0.004_fc23": ("experiments.alpha_reg", ("--method", "weight_decay", "--wd-ref", "0.004",
+                                               "--wd-layers", "fc2,fc3")),
     "penalty_t2": ("experiments.alpha_reg", ("--target", "2.0")),
     "penalty2s_t2": ("experiments.alpha_reg", ("--target", "2.0", "--penalty-two-sided",
                                                 "--penalty-gradient", "zipf")),

@@ -22,6 +22,7 @@ def test_plan_keeps_the_existing_run_names_and_seeds():
     fc23 = runs["fast_lr5e-3_wd0.01_fc23_s012"]
     assert (fc23.module, fc23.flags) == ("experiments.alpha_reg", ("--method", "weight_decay", "--wd-ref",
                                                                    "0.01", "--wd-layers", "fc2,fc3"))
+    assert runs["fast_lr5e-3_wd0.004_fc23_s012"].flags[3] == "0.004"
     cmd = runs["fast_lr5e-3_wdctl_t2_s2"].command(300_000, "runs")
     assert cmd[1:] == ["-m", "experiments.alpha_reg", "--lr", "5e-3", "--method", "wd_controller",
                        "--target", "2.0", "--seeds", "2", "--steps", "300000", "--name",
