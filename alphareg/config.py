@@ -380,12 +380,10 @@ class RunConfig:
         if self.wd_rule not in ("anchored", "alphadecay"):
             raise ConfigError(f"--wd-rule {self.wd_rule!r} is unknown; allowed: anchored, alphadecay")
         names = self.layer_names()
-        bad = [n for n in self.penalty_layers if n not in names]
-        if bad:
-            raise ConfigError(f"--penalty-layers {_fmt(bad)} unknown; this model has {', '.join(names)}")
-        bad = [n for n in self.wd_layers if n not in names]
-        if bad:
-            raise ConfigError(f"--wd-layers {_fmt(bad)} unknown; this model has {', '.join(names)}")
+        for flag, layers in (("--penalty-layers", self.penalty_layers), ("--wd-layers", self.wd_layers)):
+            bad = [n for n in layers if n not in names]
+            if bad:
+                raise ConfigError(f"{flag} {_fmt(bad)} unknown; this model has {', '.join(names)}")
         if self.wd_layers and "weight_decay" not in comps:
             raise ConfigError(f"--wd-layers {_fmt(self.wd_layers)} needs --method weight_decay (it names the "
                               f"layers that get the constant --wd-ref); this run's method is {self.method!r}")
