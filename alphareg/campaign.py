@@ -11,7 +11,8 @@ and SIGTERM makes it checkpoint at the next step boundary and exit 130. The runn
    multiple of ``chunk`` steps (capped at the target), with ``OMP_NUM_THREADS`` = cores / workers
    and its output appended to ``<runs_dir>/<name>.log``;
 3. when the wall-clock budget is spent (or the runner gets SIGINT/SIGTERM) sends SIGTERM to the
-   runs in flight and waits for their checkpoints. A run that fails (exit code not 0 or 130), or
+   runs in flight and waits for their checkpoints (a run the signal kills outside its training
+   loop, while starting or finishing, counts as stopped too: code 130). A run that fails (exit code not 0 or 130), or
    ends without advancing, is not restarted in the same invocation and is reported.
 
 Tuned methods (``TUNED``: ``wdctl_opt``, ``lrctl_opt``) train with the best trial of an Optuna
@@ -249,11 +250,21 @@ def run_campaign(runs: list[PlannedRun], target: int, hours: float, workers: int
                         log(f"{name}: did not advance past step {now}; left alone this time")
             out_of_time = stop["now"] or time.monotonic() >= deadline
             if out_of_time:
-                for proc, run in running.values():
+                sent = {}
+                for name, (proc, run) in running.items():
                     if proc.poll() is None:
-                        proc.send_signal(signal.SIGINT if run.study else signal.SIGTERM)
+                        sent[name] = signal.SIGINT if run.study else signal.SIGTERM
+                        proc.send_signal(sent[name])
                 for name, (proc, run) in running.items():
                     codes[name] = proc.wait()
+                    if name in sent and codes[name] == -sent[name]:
+                        # killed by our own signal before its handler was up (starting) or after
+                        # it was down (final report): a stop, not a failure; outside the loop a run
+                        # writes only files that are replaced atomically or rebuilt from them, so
+                        # it resumes from its last checkpoint as after a caught signal
+                        log(f"{name}: stopped outside its training loop, where the signal is not "
+                            "caught (starting up or writing its final report)")
+                        codes[name] = 130
                     log(f"{name}: stopped ({codes[name]}) at step {progress(runs_dir, run)}; "
                         "the same command resumes it")
                     if on_chunk_end and not run.study and codes[name] in (0, 130):

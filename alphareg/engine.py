@@ -349,7 +349,7 @@ class Trainer:
         self.tracker = self._start_tracker()
         monitor = self._start_monitor()
         bar = ProgressBar(target, self.step, cfg.run_name(), enabled=cfg.progress)
-        finished = False
+        finished = stopped_while_waiting = False
         try:
             # signals are caught from the first log point on: a Ctrl-C inside torch.save would
             # otherwise surface as the zip writer's RuntimeError, not as an interruption
@@ -391,6 +391,8 @@ class Trainer:
                 if finished and monitor.backlog():
                     print(f"waiting for the HTSR monitor ({monitor.backlog()} snapshots queued) ...",
                           file=sys.stderr)
+                    finished = self._drain_monitor(monitor)
+                    stopped_while_waiting = not finished
                 monitor.close(wait=finished)   # on interruption the queue is dropped: its
                 # snapshots stay on disk and are analysed when the run resumes
                 self.monitor_errors = monitor.errors
@@ -401,11 +403,22 @@ class Trainer:
             write_json_atomic(self.run_dir / SUMMARY, self.summary())   # interrupted runs too
             self._record_segment("finished" if finished else "interrupted")
             self._segment = None
+        if stopped_while_waiting:       # every step trained; this step's checkpoint is on disk
+            raise Interrupted(self.step)
         from .report import finalize_run
         summary = finalize_run(self.run_dir.path)
         if self.tracker is not None:
             self.tracker.finish(summary)
         return summary
+
+    def _drain_monitor(self, monitor) -> bool:
+        """Wait for the HTSR monitor's queued snapshots with SIGINT / SIGTERM still caught (a
+        budget stop that lands after the last step, e.g. from ``alphareg.campaign``, must not kill
+        the process uncleanly). True when the queue emptied, False when a signal came first."""
+        with self._catch_signals():
+            while monitor.backlog() and self._stop_signal is None:
+                time.sleep(0.2)
+            return self._stop_signal is None
 
     def _start_tracker(self):
         if not self.cfg.wandb:

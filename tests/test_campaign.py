@@ -1,6 +1,7 @@
 """The evidence campaign runner (alphareg.campaign, experiments.evidence): real runs in chunks,
 resumed, stopped by the budget with a checkpoint."""
 import json
+import signal
 import subprocess
 import sys
 
@@ -70,6 +71,30 @@ def test_budget_stops_runs_at_a_checkpoint(tmp_path):
     assert 0 < summary["step"] < 10**6 and progress(tmp_path, run) == summary["step"]
     assert (tmp_path / "long" / "checkpoint.pt").is_file()
     assert "Re-run the same command to resume" in (tmp_path / "long.log").read_text()
+
+
+def test_a_run_the_budget_signal_kills_outside_its_loop_is_stopped_not_failed(tmp_path):
+    """A run whose process dies of the runner's own SIGTERM (it arrived before the run's handler
+    was up, or after it was down) counts as stopped (130) and reaches the archive hook; the same
+    death from a signal the runner did not send is a failure (its code stays -15)."""
+    class NoHandler(PlannedRun):
+        def command(self, steps, runs_dir, extra=()):
+            return [sys.executable, "-c", "import time; time.sleep(60)"]
+    run = NoHandler("fast", "wd0", "0", "bare", "experiments.baseline", FAST)
+    ends, logs = [], []
+    codes = run_campaign([run], target=100, hours=3 / 3600, workers=1, chunk=100,
+                         runs_dir=str(tmp_path), log=logs.append, on_chunk_end=ends.append)
+    assert codes == {"bare": 130} and ends == [run], logs
+    assert any("stopped outside its training loop" in s for s in logs)
+
+    class KilledElsewhere(PlannedRun):
+        def command(self, steps, runs_dir, extra=()):
+            return [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
+    run = KilledElsewhere("fast", "wd0", "0", "killed", "experiments.baseline", FAST)
+    ends = []
+    codes = run_campaign([run], target=100, hours=2.0, workers=1, chunk=100,
+                         runs_dir=str(tmp_path), log=logs.append, on_chunk_end=ends.append)
+    assert codes == {"killed": -signal.SIGTERM} and ends == []
 
 
 def test_evidence_cli_lists_and_rejects_bad_input(tmp_path):

@@ -280,6 +280,41 @@ def test_sigterm_checkpoints_mid_interval_and_resume_is_bitwise_identical(tmp_pa
     assert len(read_segments(resumed.run_dir.path)) == 2
 
 
+def test_sigterm_while_waiting_for_the_htsr_monitor_is_an_interruption_at_the_last_step(tmp_path, paper_split):
+    """A SIGTERM that lands after the last step, while the run waits for its HTSR monitor (how a
+    campaign's budget stop often arrives), is caught: the monitor's queue is dropped (its snapshots
+    stay on disk for the resume) and the run ends interrupted at that step, with its summary and
+    segment written. Was: the default handler was back, and the process died with -15."""
+    before = signal.getsignal(signal.SIGTERM)
+
+    class NeverDrains:                 # an HTSR monitor with one snapshot queued forever
+        errors = []
+        closed_with = None
+
+        def submit(self, step):
+            pass
+
+        def backlog(self):
+            if signal.getsignal(signal.SIGTERM) is not before:   # only while the run catches it
+                os.kill(os.getpid(), signal.SIGTERM)
+            return 1
+
+        def close(self, wait=True):
+            self.closed_with = wait
+    cfg = _cfg(tmp_path, "wait")
+    tr = _new_trainer(cfg, paper_split)
+    monitor = NeverDrains()
+    tr._start_monitor = lambda: monitor
+    with pytest.raises(Interrupted) as e:
+        tr.run()
+    assert e.value.step == 90 and monitor.closed_with is False
+    assert signal.getsignal(signal.SIGTERM) is before
+    from alphareg.rundir import read_segments
+    assert [(r["end_step"], r["outcome"]) for r in read_segments(tr.run_dir.path)] == [("90", "interrupted")]
+    assert json.loads((tr.run_dir.path / "summary.json").read_text())["step"] == 90
+    assert _new_trainer(cfg, paper_split).step == 90     # resumes from the last step's checkpoint
+
+
 def test_ctrl_c_during_the_first_log_point_is_an_interruption_at_step_0(tmp_path, paper_split):
     """The first log point writes the first checkpoint; a SIGINT arriving while it does is caught
     like any other (was: KeyboardInterrupt inside torch.save, seen as the zip writer's error)."""
