@@ -277,28 +277,50 @@ def _take(x: Tensor, idx: Tensor) -> Tensor:
     return torch.gather(x, -1, idx.unsqueeze(-1)).squeeze(-1)
 
 
-def _fit_sorted(lam: Tensor) -> AlphaFit:
-    """WWFit on a batch of ascending float64 spectra lam (B, n) (thresholding done here)."""
+@dataclass
+class Candidates:
+    """Every xmin candidate of a batch of ascending spectra (B, n) on weightwatcher's standard
+    path: tail size k_i = n - i, log excess s_i, alpha_i = 1 + k_i / s_i and the KS distance D_i
+    (1 where alpha_i <= 1, +inf for non-candidates: eigenvalues <= 1e-5 and the largest one).
+    ``valid``: eigenvalues in the fit; ``cand``: the candidate mask. The standard-path fit is
+    argmin_i D_i (first one on ties)."""
+    k: Tensor
+    s: Tensor
+    alpha: Tensor
+    D: Tensor
+    valid: Tensor
+    cand: Tensor
+
+
+def standard_candidates(lam: Tensor) -> Candidates:
+    """``Candidates`` of ascending float64 spectra lam (B, n) (the 1e-5 threshold applied here)."""
     B, n = lam.shape
-    dev_ = lam.device
-    f64 = lam.dtype
-    pos = torch.arange(n, device=dev_)
+    pos = torch.arange(n, device=lam.device)
     valid = lam > EVALS_THRESH                    # a suffix, since lam is ascending
-    nv = valid.sum(-1)                            # (B,) eigenvalues in the fit
-    first = n - nv                                # index of the smallest valid eigenvalue
-    k = (n - pos).to(f64).expand(B, n)            # tail size of candidate xmin = lam[:, i]
+    k = (n - pos).to(lam.dtype).expand(B, n)      # tail size of candidate xmin = lam[:, i]
     logs = torch.where(valid, torch.log(torch.where(valid, lam, torch.ones_like(lam))),
                        torch.zeros_like(lam))
     suffix = torch.flip(torch.cumsum(torch.flip(logs, (-1,)), -1), (-1,))
     s = torch.clamp_min(suffix - k * logs, 0.0)   # Σ_{j>=i} ln(λ_j/λ_i) >= 0
     cand = valid & (pos < n - 1)                  # all but the largest eigenvalue
-    inf = torch.full((), math.inf, dtype=f64, device=dev_)
+    alpha = 1.0 + k / s
+    D_all = _ks_distances(lam, alpha)
+    inf = torch.full((), math.inf, dtype=lam.dtype, device=lam.device)
+    D = torch.where(cand, torch.where(alpha > 1.0, D_all, torch.ones_like(D_all)), inf)
+    return Candidates(k=k, s=s, alpha=alpha, D=D, valid=valid, cand=cand)
+
+
+def _fit_sorted(lam: Tensor) -> AlphaFit:
+    """WWFit on a batch of ascending float64 spectra lam (B, n) (thresholding done here)."""
+    B, n = lam.shape
+    pos = torch.arange(n, device=lam.device)
+    c = standard_candidates(lam)
+    k, s, cand, alpha, D_std = c.k, c.s, c.cand, c.alpha, c.D
+    nv = c.valid.sum(-1)                          # (B,) eigenvalues in the fit
+    first = n - nv                                # index of the smallest valid eigenvalue
     small = nv < SMALL_N_CUTOFF
 
     # standard path
-    alpha = 1.0 + k / s
-    D_all = _ks_distances(lam, alpha)
-    D_std = torch.where(cand, torch.where(alpha > 1.0, D_all, torch.ones_like(D_all)), inf)
     best = torch.argmin(D_std, -1)
     out_alpha = _take(alpha, best)
     out_D = _take(D_std, best)
@@ -320,7 +342,7 @@ def _fit_sorted(lam: Tensor) -> AlphaFit:
         row0 = (pos == first[sb].unsqueeze(-1)) & ~ok.any(-1, keepdim=True) & (s_s > 1e-12)
         filled = ok | row0
         alphas = torch.where(filled, alpha_bc, zero)
-        Ds = torch.where(cand_s, torch.where(filled, D_bc, torch.ones_like(D_bc)), inf)
+        Ds = torch.where(cand_s, torch.where(filled, D_bc, torch.ones_like(D_bc)), math.inf)
         best_s = torch.argmin(Ds, -1)
         best[sb] = best_s
         out_alpha[sb] = _take(alphas, best_s)
