@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .htsr import SMALL_N_CUTOFF, eigenvalues, fit_alpha, standard_candidates
+from .htsr import SMALL_N_CUTOFF, eigenvalues, fit_alpha_evals, standard_candidates
 from .rundir import snapshot_file, snapshot_steps
 
 FIELDS = ("alpha", "D", "k", "alpha_alt", "D_alt", "k_alt", "margin")
@@ -43,7 +43,7 @@ def runner_up(W, alpha_gap: float = 0.5) -> dict[str, np.ndarray]:
     W = torch.as_tensor(W)
     lead = W.shape[:-2]
     lam = eigenvalues(W.reshape(-1, *W.shape[-2:]))          # ascending, float64 (B, n)
-    fit = fit_alpha(W.reshape(-1, *W.shape[-2:]), layer_filter=False)
+    fit = fit_alpha_evals(lam)                                # = fit_alpha(W) without the layer filter
     c = standard_candidates(lam)
     far = c.cand & ((c.alpha - fit.alpha.unsqueeze(-1)).abs() > alpha_gap)
     D_far = torch.where(far, c.D, torch.full_like(c.D, math.inf))
