@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from .htsr import SMALL_N_CUTOFF, eigenvalues, fit_alpha_evals, standard_candidates
-from .rundir import snapshot_file, snapshot_steps
+from .rundir import METRICS, snapshot_file, snapshot_steps
 
 FIELDS = ("alpha", "D", "k", "alpha_alt", "D_alt", "k_alt", "margin")
 
@@ -84,7 +84,7 @@ def run_ambiguity(run_path: str | os.PathLike, layer: str, alpha_gap: float = 0.
             rows.append({"step": int(snap["step"]), "member": m, "seed": int(seed),
                          **{f: float(res[f][m]) for f in FIELDS}})
     df = pd.DataFrame(rows)
-    metrics = run_path / "metrics.csv"
+    metrics = run_path / METRICS
     extra = {f"alpha_ema_{layer}": "alpha_ema", f"wd_{layer}": "wd", f"lr_{layer}": "lr"}
     if metrics.is_file():
         m = pd.read_csv(metrics)
