@@ -71,6 +71,14 @@ METHODS = {
 
 #: tuned method key -> --method whose search space an Optuna study explores (seed 0, validation split)
 TUNED = {"wdctl_opt": "wd_controller", "lrctl_opt": "lr_controller"}
+#: held controls, key -> (tuned method, step): the tuned controller trained with
+#: ``--control-until step`` — the same run up to that step, then every layer's lr / wd held where
+#: the controller set it last while alpha is still measured: the control that tells the α feedback
+#: from the dose it settled at. The fast preset's tuned LR controller (``lrctl_opt``) has fc1's and
+#: fc3's learning rates at its floor (5e-4) in every seed from the log point 177,828 on (its
+#: ``metrics.csv`` in ``archive/``), fc2's at 2.7e-3-3.1e-3 there: held from that step. Planned
+#: only when named in ``--methods`` and once the tuned method's study has a complete trial.
+HELD = {"lrctl_opt_held": ("lrctl_opt", 177_828)}
 #: trials per study, all trained at once as one lockstep population
 STUDY_TRIALS = 4
 
@@ -96,6 +104,17 @@ class PlannedRun:
         return [sys.executable, "-m", self.module, "--lr", PRESETS[self.preset][0], *self.flags,
                 "--seeds", self.seeds, "--steps", str(steps), "--name", self.name,
                 "--runs-dir", runs_dir, "--no-progress", "--plot-minutes", "5", *extra]
+
+
+def study_key(method: str) -> str | None:
+    """The tuned method whose study a method trains from (itself, a held control's base), or None."""
+    key = HELD[method][0] if method in HELD else method
+    return key if key in TUNED else None
+
+
+def study_keys(methods) -> list[str]:
+    """The distinct studies the given methods train from, in order."""
+    return [k for k in dict.fromkeys(study_key(m) for m in methods) if k]
 
 
 def study_name(preset: str, key: str) -> str:
@@ -160,7 +179,7 @@ def write_study_reports(preset: str, methods: list[str], out_dir: str | Path,
 
     from .tuning import write_study_report
     out = []
-    for key in [m for m in methods if m in TUNED]:
+    for key in study_keys(methods):
         study = load_study(preset, key, studies_dir)
         if study is None:
             continue
@@ -175,13 +194,21 @@ def plan(preset: str, methods: list[str] | None = None, studies_dir: str = "stud
     if preset not in PRESETS:
         raise ValueError(f"preset {preset!r} is unknown; allowed: {', '.join(PRESETS)}")
     known = [*METHODS, *TUNED]
-    bad = [m for m in methods or [] if m not in known]
+    bad = [m for m in methods or [] if m not in known and m not in HELD]
     if bad:
-        raise ValueError(f"--methods {','.join(bad)} unknown; allowed: {', '.join(known)}")
+        raise ValueError(f"--methods {','.join(bad)} unknown; allowed: {', '.join([*known, *HELD])}")
     prefix = PRESETS[preset][2]
     out = []
     for m in methods or known:
-        if m in TUNED:
+        if m in HELD:
+            key, step = HELD[m]
+            best = best_flags(preset, key, studies_dir)
+            if best is None:
+                raise ValueError(f"--methods {m} holds the tuned {key} from step {step:,}, but the "
+                                 f"study of {key} has no complete trial: run --methods {key} first")
+            module, study = "experiments.alpha_reg", ()
+            flags = ("--method", TUNED[key], *best, "--control-until", str(step))
+        elif m in TUNED:
             best = best_flags(preset, m, studies_dir)
             module, flags = "experiments.alpha_reg", ("--method", TUNED[m], *(best or ()))
             study = () if best is not None else study_command(preset, m, studies_dir)

@@ -78,6 +78,11 @@ def add_method_flags(p: argparse.ArgumentParser, default_method: str) -> None:
     g.add_argument("--penalty-grad-every", type=int, default=D.penalty_grad_every,
                    help="steps between fresh penalty gradients (the last one is reused in between)")
     g.add_argument("--control-every", type=int, default=D.control_every, help="steps between controller updates")
+    g.add_argument("--control-until", type=int, default=None, metavar="STEP",
+                   help="controllers: from this step on hold every layer's lr / wd at the value they "
+                        "set last and stop acting on alpha (still measured and logged as alpha_ema_*): "
+                        "the same dose without the feedback, the control of an alpha-guided "
+                        "controller (default: never)")
     g.add_argument("--alpha-ema", type=float, default=D.alpha_ema, help="EMA factor of the controllers' alpha")
     g.add_argument("--deadband", type=float, default=D.deadband,
                    help="controllers leave lr / wd at base while |alpha - target| <= deadband")
@@ -118,7 +123,7 @@ def add_method_flags(p: argparse.ArgumentParser, default_method: str) -> None:
 
 METHOD_ARGS = ("optimizer", "momentum", "val_per_class", "method", "target_alpha", "penalty_beta",
                "penalty_sharpness", "penalty_two_sided", "penalty_gradient", "refit_every", "penalty_grad_every",
-               "control_every", "alpha_ema", "deadband", "lr_gain", "wd_gain", "lr_rule", "wd_rule",
+               "control_every", "control_until", "alpha_ema", "deadband", "lr_gain", "wd_gain", "lr_rule", "wd_rule",
                "wd_ref", "shuffle_alphas", "grokfast_alpha", "grokfast_lamb", "specnorm_beta",
                "patience", "patience_min_steps", "min_delta", "wandb", "wandb_project", "wandb_entity", "wandb_group",
                "wandb_mode")

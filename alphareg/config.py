@@ -116,6 +116,7 @@ class RunConfig:
     refit_every: int = 100          # steps between KS refits of the tail size k
     penalty_grad_every: int = 20    # steps between fresh penalty gradients (held in between)
     control_every: int = 200        # steps between controller updates
+    control_until: int | None = None  # from this step on the controllers hold lr / wd (None: never)
     alpha_ema: float = 0.8          # EMA factor of the controllers' alpha
     deadband: float = 0.1           # no correction while |alpha - target| <= deadband
     lr_gain: float = 1.0
@@ -202,6 +203,8 @@ class RunConfig:
                 del extra["penalty_gradient"]
             if extra.get("wd_layers") == []:               # likewise
                 del extra["wd_layers"]
+            if "control_until" in extra and extra["control_until"] is None:   # likewise
+                del extra["control_until"]
             digest = hashlib.sha1(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:6]
             name += f"_{self.method}_{digest}"
         return name
@@ -352,6 +355,10 @@ class RunConfig:
         for flag, v in (("--refit-every", self.refit_every), ("--penalty-grad-every", self.penalty_grad_every),
                         ("--control-every", self.control_every)):
             _positive_int(flag, v)
+        if self.control_until is not None and not (isinstance(self.control_until, int)
+                                                   and self.control_until >= 0):
+            raise ConfigError(f"--control-until {self.control_until} is not allowed; must be an "
+                              "integer step >= 0 (or left out: the controllers never hold)")
         if not (isinstance(self.patience, (int, float)) and self.patience >= 1):
             raise ConfigError(f"--patience {self.patience} is not allowed; must be >= 1 (a factor on the "
                               "step of the best validation accuracy)")

@@ -18,6 +18,11 @@ alphadecay (He et al. 2025, hed-ucas/AlphaDecay)
     the same linear min-max map onto [lo, hi] = [0.666, 3] for the weight decay: heavier-tailed
     modules get weaker decay.
 
+``hold_from`` = H (``--control-until``) is the feedback's control: from step H on the controller
+still measures and smooths alpha (logged as ``alpha_ema_*``) but no longer changes μ, so every
+layer keeps the lr (or wd) it had at its last update before H — the same dose, open loop. Before
+the first update the optimizer's own lr / wd stand (H = 0: a plain run that logs alpha).
+
 ``shuffle=True`` is the ablation: before the map, the smoothed alphas of all layers and members
 are permuted by a seeded generator (a fresh permutation at every update), so the controller sees
 the right values attached to the wrong layers.
@@ -73,7 +78,7 @@ class AlphaController(TrainingHook):
     def __init__(self, kind: str, rule: str = "anchored", target: float = 2.0, every: int = 200,
                  ema: float = 0.8, band: float = 0.1, gain: float = 1.0,
                  bounds: tuple[float, float] | None = None, wd_ref: float = 0.01,
-                 shuffle: bool = False, seed: int = 0):
+                 shuffle: bool = False, seed: int = 0, hold_from: int | None = None):
         if kind not in RULES:
             raise ValueError(f"kind must be 'lr' or 'wd', got {kind!r}")
         if rule not in RULES[kind]:
@@ -84,6 +89,7 @@ class AlphaController(TrainingHook):
         self.every, self.ema, self.band, self.gain = int(every), per(ema), per(band), per(gain)
         self.bounds = tuple(bounds) if bounds is not None else DEFAULT_BOUNDS[(kind, rule)]
         self.wd_ref, self.shuffle, self.seed = per(wd_ref), bool(shuffle), int(seed)
+        self.hold_from = None if hold_from is None else int(hold_from)
         self.name = f"{kind}_controller"
         self.alpha_ema: Tensor | None = None        # (layers, members)
         self.mult: Tensor | None = None             # (layers, members)
@@ -116,6 +122,10 @@ class AlphaController(TrainingHook):
         return torch.stack([fit_alpha(w.detach().cpu()).alpha.to(torch.float64)
                             for w in trainer.model.weights])
 
+    def holding(self, step: int) -> bool:
+        """Whether μ is held at ``step`` (``hold_from`` reached)."""
+        return self.hold_from is not None and step >= self.hold_from
+
     def update(self, trainer) -> None:
         a = self.measure(trainer)
         if self.alpha_ema is None:
@@ -123,6 +133,8 @@ class AlphaController(TrainingHook):
         else:
             self.alpha_ema = torch.where(torch.isnan(a), self.alpha_ema,
                                          self.ema * self.alpha_ema + (1 - self.ema) * a)
+        if self.holding(trainer.step):
+            return          # open loop: alpha measured, lr / wd left as the last update set them
         self.mult = self.multipliers(self.alpha_ema)
         self.updates += 1
         self.apply(trainer)

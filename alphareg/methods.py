@@ -32,9 +32,9 @@ CHOICES = ("none", *ORDER, *ALIASES)
 FIELDS = {
     "penalty": ("target_alpha", "penalty_beta", "penalty_sharpness", "penalty_two_sided",
                 "penalty_gradient", "penalty_layers", "refit_every", "penalty_grad_every"),
-    "lr_controller": ("target_alpha", "control_every", "alpha_ema", "deadband", "lr_gain",
+    "lr_controller": ("target_alpha", "control_every", "control_until", "alpha_ema", "deadband", "lr_gain",
                       "lr_rule", "lr_bounds", "shuffle_alphas"),
-    "wd_controller": ("target_alpha", "control_every", "alpha_ema", "deadband", "wd_gain",
+    "wd_controller": ("target_alpha", "control_every", "control_until", "alpha_ema", "deadband", "wd_gain",
                       "wd_rule", "wd_bounds", "wd_ref", "shuffle_alphas"),
     "grokfast": ("grokfast_alpha", "grokfast_lamb"),
     "spectral_norm": ("specnorm_beta",),
@@ -99,7 +99,7 @@ def build_hooks(cfg) -> list:
             hooks.append(AlphaController(
                 kind, rule, v("target_alpha"), cfg.control_every, v("alpha_ema"), v("deadband"),
                 v("lr_gain") if kind == "lr" else v("wd_gain"), tuple(bounds) or None, v("wd_ref"),
-                cfg.shuffle_alphas, cfg.seeds[0]))
+                cfg.shuffle_alphas, cfg.seeds[0], cfg.control_until))
         elif comp == "weight_decay":
             from baselines.weight_decay import WeightDecay
             if isinstance(cfg.method_value("wd_ref"), list):

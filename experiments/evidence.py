@@ -23,8 +23,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from alphareg.campaign import (METHODS, PRESETS, TUNED, commands_markdown, plan, progress_table,
-                               run_campaign, study_db, write_study_reports)
+from alphareg.campaign import (HELD, METHODS, PRESETS, TUNED, commands_markdown, plan, progress_table,
+                               run_campaign, study_db, study_keys, write_study_reports)
 
 
 def log(s: str) -> None:
@@ -36,8 +36,9 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("preset", choices=sorted(PRESETS), help="fast = lr 5e-3 (1e6 steps); paper = lr 5e-4 (1e7)")
     p.add_argument("--methods", default=None,
-                   help=f"comma-separated subset of: {', '.join([*METHODS, *TUNED])} (default: all; "
-                        f"{', '.join(TUNED)} first run their Optuna study)")
+                   help=f"comma-separated subset of: {', '.join([*METHODS, *TUNED, *HELD])} (default: "
+                        f"all but {', '.join(HELD)}; {', '.join(TUNED)} first run their Optuna study; "
+                        f"{', '.join(HELD)}: a tuned controller held from a step on, see alphareg/campaign.py)")
     p.add_argument("--steps", type=int, default=None, help="target steps (default: the preset's)")
     p.add_argument("--hours", type=float, default=1.0, help="wall-clock budget of this invocation")
     p.add_argument("--workers", type=int, default=2, help="runs trained at the same time")
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
         from alphareg import archive
         if Path(a.archive).exists() and not Path(a.archive).is_dir():
             p.error(f"--archive {a.archive} is a file, not a folder")
-        for key in [m for m in (methods or TUNED) if m in TUNED]:
+        for key in study_keys(methods or TUNED):
             if archive.restore_file(study_db(a.preset, key), Path(a.archive) / "studies"):
                 log(f"study of {key} restored from {a.archive}/studies")
     try:
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
     if archiving:
         for r in runs:
             save(r)
-        for key in dict.fromkeys(r.method for r in runs if r.method in TUNED):
+        for key in study_keys(r.method for r in runs):
             if archive.save_file(study_db(a.preset, key), Path(a.archive) / "studies"):
                 log(f"study of {key} archived to {a.archive}/studies")
     print(progress_table(runs, a.runs_dir, target))

@@ -174,3 +174,29 @@ def test_evidence_reports_the_best_trial_run_once_its_study_ended_in_the_same_ca
     out = capsys.readouterr().out
     assert "| fast_lr5e-3_wdctl_opt_s012 | wdctl_opt | 0,1,2 | 0 | 0.0% |" in out, out
     assert "study pending" not in out
+
+
+def test_held_control_trains_the_tuned_best_trial_with_control_until(tmp_path, monkeypatch):
+    """lrctl_opt_held: refused while lrctl_opt's study has no complete trial; then the best trial's
+    flags plus --control-until at HELD's step, under its own run name; not in the default plan."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from alphareg.campaign import HELD, best_flags, study_db, study_keys, study_name
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="lrctl_opt_held .* run --methods lrctl_opt first"):
+        plan("fast", ["lrctl_opt_held"])
+    params = {"lr_gain": 1.4, "target_alpha": 2.9, "deadband": 0.04, "alpha_ema": 0.08}
+    study_db("fast", "lrctl_opt").parent.mkdir()
+    study = optuna.create_study(study_name=study_name("fast", "lrctl_opt"), direction="maximize",
+                                storage=f"sqlite:///{study_db('fast', 'lrctl_opt')}")
+    study.add_trial(optuna.trial.create_trial(
+        params=params, distributions={n: FloatDistribution(0.0, 10.0) for n in params}, value=0.8))
+    (held,) = plan("fast", ["lrctl_opt_held"])
+    assert held.name == "fast_lr5e-3_lrctl_opt_held_s012" and not held.study
+    step = HELD["lrctl_opt_held"][1]
+    assert held.flags == ("--method", "lr_controller", *best_flags("fast", "lrctl_opt"),
+                          "--control-until", str(step))
+    assert "--lr-gain" in held.flags and step == 177_828
+    assert "lrctl_opt_held" not in {r.method for r in plan("fast")}
+    assert study_keys(["wd0", "lrctl_opt_held", "lrctl_opt", "wdctl_opt"]) == ["lrctl_opt", "wdctl_opt"]

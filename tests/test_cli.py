@@ -235,6 +235,30 @@ def test_controller_run_changes_layer_lrs(tmp_path):
     assert "alpha_ema_fc1" in last
 
 
+def test_held_controller_resumes_to_the_same_run(tmp_path):
+    """--control-until 20 trained 0 -> 30 -> 60 in two calls = one call 0 -> 60 at every logged step; from
+    step 20 on every layer's lr is the one the update at step 10 set."""
+    import csv
+    common = ("--method", "lr_controller", "--control-every", "10", "--target", "8",
+              "--control-until", "20", "--runs-dir", str(tmp_path), "--no-htsr", "--no-snapshots",
+              "--no-progress")
+    for name, stops in (("split", ("30", "60")), ("whole", ("60",))):
+        for steps in stops:
+            r = cli("--steps", steps, "--name", name, *common, module="experiments.alpha_reg")
+            assert r.returncode == 0, r.stderr
+    split, whole = (list(csv.DictReader(open(tmp_path / n / "metrics.csv"))) for n in ("split", "whole"))
+    def by_step(rows):   # the first call's end adds a row at step 30; wall times differ
+        return {r["step"]: {k: v for k, v in r.items() if k != "wall_time"} for r in rows}
+    split, whole = by_step(split), by_step(whole)
+    assert set(whole) < set(split) and all(split[s] == whole[s] for s in whole)
+    whole = list(whole.values())
+    at10 = next(r for r in whole if int(r["step"]) == 11)
+    late = [r for r in whole if int(r["step"]) >= 21]
+    assert late and all(r[f"lr_{n}"] == at10[f"lr_{n}"] for r in late for n in ("fc1", "fc2", "fc3"))
+    assert float(at10["lr_fc3"]) < 5e-4                  # the held dose is the controller's, not lr
+    assert len({r["alpha_ema_fc3"] for r in late}) > 1    # alpha is still measured while held
+
+
 @pytest.mark.parametrize("args, flag", [
     (["--method", "magic"], "--method"),
     (["--method", "early_stop"], "--val-per-class"),
@@ -245,6 +269,7 @@ def test_controller_run_changes_layer_lrs(tmp_path):
     (["--lr-bounds", "2,1"], "--lr-bounds"),
     (["--optimizer", "lookahead"], "--optimizer"),
     (["--penalty-gradient", "newton"], "--penalty-gradient"),
+    (["--method", "lr_controller", "--control-until", "-5"], "--control-until"),
 ])
 def test_alpha_reg_bad_input_is_one_line_exit_2(tmp_path, args, flag):
     r = cli(*args, "--runs-dir", str(tmp_path), module="experiments.alpha_reg")

@@ -66,3 +66,39 @@ def test_controller_sets_each_layers_lr_and_wd_from_measured_alpha(paper_split):
         assert torch.allclose(tr.opt.lr[l], f64(1e-3, 2e-3) * torch.clamp(1 + e, 0, 10))
         assert torch.allclose(tr.opt.wd[l], 0.02 * torch.clamp(1 - e, 0, 10))
         assert torch.equal(tr.opt.lr[l], tr.opt.lr[l + 3])      # the layer's bias follows
+
+
+def test_control_until_holds_the_last_dose_and_keeps_measuring(paper_split):
+    """--control-until 5: the update at step 0 sets lr / wd from alpha; the one at step 5 still
+    smooths alpha (the same ā as the closed-loop run, whose first 5 steps are identical) but leaves
+    lr / wd where step 0 put them, while the closed-loop run moves them."""
+    kw = dict(seeds=(0,), lr=(1e-2,), steps=10, progress=False, method="lr+wd", deadband=0.0,
+              control_every=5, target_alpha=4.0, wd_ref=0.02, lr_bounds=(0.0, 10.0),
+              wd_bounds=(0.0, 10.0))
+    held = Trainer(RunConfig(**kw, control_until=5), data=paper_split)
+    free = Trainer(RunConfig(**kw), data=paper_split)
+    a0 = [fit_alpha(w.detach()).alpha for w in held.model.weights]
+    for tr in (held, free):
+        tr.train_steps(5)
+    a5 = [fit_alpha(w.detach()).alpha for w in free.model.weights]
+    for tr in (held, free):
+        tr.train_steps(1)
+    ctl_h, ctl_f = (next(h for h in tr.hooks if h.name == "lr_controller") for tr in (held, free))
+    assert torch.equal(ctl_h.alpha_ema, ctl_f.alpha_ema)               # measured and smoothed alike
+    for l in range(3):
+        e0, e5 = ((a[l] - 4.0).to(torch.float64) for a in (a0, a5))
+        assert torch.allclose(held.opt.lr[l], 1e-2 * torch.clamp(1 + e0, 0, 10))
+        assert torch.allclose(held.opt.wd[l], 0.02 * torch.clamp(1 - e0, 0, 10))
+        ema = 0.8 * e0 + 0.2 * e5                                       # the closed loop follows ā
+        assert torch.allclose(free.opt.lr[l], 1e-2 * torch.clamp(1 + ema, 0, 10))
+        assert not torch.allclose(free.opt.lr[l], held.opt.lr[l])
+    assert ctl_h.holding(5) and not ctl_h.holding(4) and not ctl_f.holding(10 ** 9)
+
+
+def test_control_until_zero_leaves_the_optimizers_own_lr_and_wd(paper_split):
+    cfg = RunConfig(seeds=(0,), lr=(1e-3,), wd=(0.0,), steps=10, progress=False, method="wd",
+                    control_every=5, target_alpha=6.0, control_until=0)
+    tr = Trainer(cfg, data=paper_split)
+    tr.train_steps(6)
+    assert all(float(w) == 0.0 for w in tr.opt.wd) and all(float(x) == 1e-3 for x in tr.opt.lr)
+    assert not torch.isnan(tr.hooks[0].alpha_ema).any()               # ... while alpha is logged
