@@ -394,6 +394,9 @@ class RunConfig:
         if self.wd_layers and "weight_decay" not in comps:
             raise ConfigError(f"--wd-layers {_fmt(self.wd_layers)} needs --method weight_decay (it names the "
                               f"layers that get the constant --wd-ref); this run's method is {self.method!r}")
+        if self.control_until is not None and not {"lr_controller", "wd_controller"} & set(comps):
+            raise ConfigError(f"--control-until {self.control_until} needs an lr or wd controller in "
+                              f"--method (it holds what they set); this run's method is {self.method!r}")
         if "early_stop" in comps and self.task != "mnist":
             raise ConfigError(f"--method early_stop needs a validation split, which --task {self.task} "
                               "does not have (only --task mnist: --val-per-class)")

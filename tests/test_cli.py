@@ -270,6 +270,7 @@ def test_held_controller_resumes_to_the_same_run(tmp_path):
     (["--optimizer", "lookahead"], "--optimizer"),
     (["--penalty-gradient", "newton"], "--penalty-gradient"),
     (["--method", "lr_controller", "--control-until", "-5"], "--control-until"),
+    (["--method", "penalty", "--control-until", "100"], "--control-until"),
 ])
 def test_alpha_reg_bad_input_is_one_line_exit_2(tmp_path, args, flag):
     r = cli(*args, "--runs-dir", str(tmp_path), module="experiments.alpha_reg")
