@@ -5,11 +5,11 @@ Both runs are the same configuration trained from step 0; they are two round-off
 (different CPUs: see README), so their difference *before* HOLD, where both are closed loop, is
 the noise floor that any difference after HOLD must be read against.
 
-    python compare_held.py CLOSED_RUN HELD_RUN [--hold 177828] [--out .]
+    python compare_held.py CLOSED_RUN HELD_RUN [--hold STEP (default: HELD's, 177,828)] [--out .]
 
 writes held_vs_closed.md (per-seed table) and held_vs_closed.png (test accuracy and every layer's
 learning rate of both runs per seed, the hold step marked). Collapse = test accuracy five points
-(``PhaseRules.collapse_drop``) under its peak after the peak step, as in the verdict.
+under its peak after the peak step: ``alphareg.phases.label_member``, as in the verdict.
 """
 import argparse
 from pathlib import Path
@@ -20,23 +20,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from alphareg.phases import PhaseRules  # noqa: E402
+from alphareg.campaign import HELD  # noqa: E402
+from alphareg.phases import PhaseRules, label_member  # noqa: E402
+from alphareg.rundir import METRICS  # noqa: E402
 
-DROP = PhaseRules().collapse_drop
 LAYERS = ("fc1", "fc2", "fc3")
 
 
-def read(run: Path, last: int | None = None) -> pd.DataFrame:
-    m = pd.read_csv(run / "metrics.csv")
-    return m if last is None else m[m.step <= last]
-
-
-def first_collapse(g: pd.DataFrame) -> int | None:
-    """As the verdict: the first logged step after the peak step s* (of the rows given) whose test
-    accuracy is DROP under the peak (None: never)."""
-    s_star = g.step.iloc[int(g.test_acc.values.argmax())]
-    hit = g[(g.step > s_star) & (g.test_acc <= g.test_acc.max() - DROP)]
-    return int(hit.step.iloc[0]) if len(hit) else None
+def read(run: Path) -> pd.DataFrame:
+    return pd.read_csv(run / METRICS)
 
 
 def at(g: pd.DataFrame, step: int) -> pd.Series:
@@ -53,16 +45,16 @@ def table(closed: pd.DataFrame, held: pd.DataFrame, hold: int, end: int) -> str:
         for name, df in (("closed loop", closed), ("held", held)):
             g = df[df.seed == seed].sort_values("step")
             g = g[g.step <= end]
-            c = first_collapse(g)
+            c = label_member(g.step.tolist(), g.test_acc.tolist(), PhaseRules()).collapse_step
             row = [str(seed), name] + [f"{at(g, s).test_acc:.4f}" for s in checkpoints] + \
                   [f"{g.test_acc.max():.4f}", f"{c:,}" if c else "none"] + \
                   [f"{at(g, end)[f'lr_{n}']:.3g}" for n in LAYERS]
             lines.append("| " + " | ".join(row) + " |")
         gc, gh = (d[(d.seed == seed) & (d.step <= end)].set_index("step").test_acc for d in (closed, held))
         diff = (gh - gc).dropna()
-        pre, post = diff[diff.index <= hold], diff[diff.index > hold]
-        lines.append(f"| {seed} | held − closed | mean {pre[pre.index >= 100_000].mean():+.4f} "
-                     f"(10^5 to hold), largest |Δ| {pre[pre.index >= 100_000].abs().max():.4f}; "
+        pre, post = diff[(diff.index >= 100_000) & (diff.index <= hold)], diff[diff.index > hold]
+        lines.append(f"| {seed} | held − closed | mean {pre.mean():+.4f} "
+                     f"(10^5 to hold), largest |Δ| {pre.abs().max():.4f}; "
                      f"after hold mean {post.mean():+.4f}, at {end:,} {diff.iloc[-1]:+.4f} |" +
                      " |" * (len(head) - 3))
     return "\n".join(lines)
@@ -98,7 +90,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("closed", type=Path)
     p.add_argument("held", type=Path)
-    p.add_argument("--hold", type=int, default=177_828)
+    p.add_argument("--hold", type=int, default=HELD["lrctl_opt_held"][1])
     p.add_argument("--out", type=Path, default=Path("."))
     a = p.parse_args()
     closed, held = read(a.closed), read(a.held)
